@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny randomly initialised transformer (built in code, saved with the real
+MiniLM tokenizer so that every encoder kind runs through its real code path) and a small real
+dataset cut from the bundled HPO demo data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from xmine.config import EncoderConfig
+    from xmine.encoders.base import default_model_path
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path(EncoderConfig()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from xmine.demo import demo_dataset_path
+
+    return demo_dataset_path(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def small_hpo(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2,000 train / 500 test points of the real HPO data, labels restricted to those seen in this
+    train subset plus 50 test-only ones (a small, fast, real dataset)."""
+    import scipy.sparse as sp
+
+    from xmine.data import load_dataset, write_sparse_matrix, write_text_lines
+
+    ds = load_dataset(demo_dir)
+    rng = np.random.default_rng(0)
+    trn = np.sort(rng.choice(ds.train.n_points, 2000, replace=False))
+    tst = np.sort(rng.choice(ds.test.n_points, 500, replace=False))
+    y_trn, y_tst = ds.train.labels[trn], ds.test.labels[tst]
+    seen = np.flatnonzero(np.asarray(y_trn.sum(0)).ravel() > 0)
+    test_only = np.setdiff1d(np.flatnonzero(np.asarray(y_tst.sum(0)).ravel() > 0), seen)[:50]
+    keep = np.concatenate([seen, test_only])
+    out = tmp_path_factory.mktemp("small-hpo")
+    write_text_lines(out / "trn_X.txt", [ds.train.texts[i] for i in trn])
+    write_text_lines(out / "tst_X.txt", [ds.test.texts[i] for i in tst])
+    write_text_lines(out / "Y.txt", [ds.label_texts[i] for i in keep])
+    write_sparse_matrix(out / "trn_X_Y.txt", sp.csr_matrix(y_trn[:, keep]))
+    write_sparse_matrix(out / "tst_X_Y.txt", sp.csr_matrix(y_tst[:, keep]))
+    return out

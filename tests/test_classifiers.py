@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from xmine.classifiers import LabelClassifiers, hash_pairs
+from xmine.config import ClassifierConfig
+from xmine.errors import XmineError
+from xmine.training.classifiers import positive_candidates, shortlist_loss
+
+
+def test_sparse_scores_equal_the_hashed_linear_model():
+    rng = np.random.default_rng(0)
+    clf = LabelClassifiers(50, 4, "dense+sparse", hash_buckets=1 << 12)
+    with torch.no_grad():
+        clf.sparse_table.weight.normal_()
+        clf.weight.normal_()
+        clf.bias.normal_()
+    x = sp.random(6, 40, density=0.2, format="csr", dtype=np.float32, random_state=1)
+    emb = torch.randn(6, 4)
+    cand = rng.integers(0, 50, size=(6, 7))
+    cand[0, 3] = -1
+    got = clf.score(emb, x, cand).detach().numpy()
+    table = clf.sparse_table.weight.detach().numpy()[:, 0]
+    for i in range(6):
+        for j in range(7):
+            label = max(cand[i, j], 0)
+            row = x[i]
+            sparse_part = sum(v * table[hash_pairs(np.array([label]), np.array([f]), 1 << 12)[0]]
+                              for f, v in zip(row.indices, row.data, strict=True))
+            dense_part = float(emb[i] @ clf.weight[label]) + float(clf.bias[label])
+            assert got[i, j] == pytest.approx(sparse_part + dense_part, abs=1e-4)
+
+
+def test_classifiers_start_as_normalised_label_embeddings():
+    emb = np.random.default_rng(1).normal(size=(10, 8)).astype(np.float32)
+    clf = LabelClassifiers(10, 8, "dense")
+    clf.init_dense(emb)
+    expected = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    assert np.allclose(clf.weight.detach().numpy(), expected, atol=1e-6)
+    with pytest.raises(XmineError, match="do not match"):
+        clf.init_dense(emb[:5])
+
+
+def test_hash_buckets_must_be_a_power_of_two():
+    with pytest.raises(XmineError, match="power of two"):
+        hash_pairs(np.array([1]), np.array([2]), 1000)
+
+
+def test_save_load_round_trip(tmp_path):
+    clf = LabelClassifiers(20, 4, "dense+sparse", hash_buckets=1 << 10)
+    with torch.no_grad():
+        clf.sparse_table.weight.normal_()
+    clf.save(tmp_path)
+    loaded = LabelClassifiers.load(tmp_path)
+    x = sp.random(3, 30, density=0.3, format="csr", dtype=np.float32, random_state=0)
+    cand = np.arange(12).reshape(3, 4)
+    emb = torch.randn(3, 4)
+    assert torch.equal(clf.score(emb, x, cand), loaded.score(emb, x, cand))
+
+
+def test_positive_candidates_cap_and_padding():
+    pos = sp.csr_matrix(np.array([[1, 1, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]]))
+    out = positive_candidates(pos, np.random.default_rng(0), cap=2)
+    assert out.shape == (3, 2)
+    assert set(out[0]) <= {0, 1, 3} and len(set(out[0])) == 2
+    assert list(out[1]) == [-1, -1] and list(out[2]) == [1, -1]
+
+
+def test_triplet_shortlist_loss_uses_hardest_pairs_only():
+    scores = torch.tensor([[0.9, 0.1, 0.5, 0.0, -1.0]])
+    is_pos = torch.tensor([[True, True, False, False, False]])
+    valid = torch.ones_like(is_pos)
+    config = ClassifierConfig(loss="triplet", margin=0.2, triplet_positives=1, triplet_negatives=1)
+    # hardest positive 0.1, hardest negative 0.5: hinge 0.5 - 0.1 + 0.2 = 0.6
+    assert shortlist_loss(scores, is_pos, valid, config).item() == pytest.approx(0.6)

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from xmine.config import (
+    METHOD_CONFIGS,
+    ClusterScheduleConfig,
+    MIPSMethodConfig,
+    NGAMEConfig,
+    SiameseConfig,
+    paper_presets,
+)
+from xmine.errors import ConfigError
+
+
+def test_every_method_config_round_trips_through_json(tmp_path):
+    for cls in METHOD_CONFIGS.values():
+        config = cls()
+        path = tmp_path / f"{cls.__name__}.json"
+        config.save(path)
+        assert cls.load(path) == config
+
+
+def test_unknown_key_is_rejected_with_its_name():
+    with pytest.raises(ConfigError, match="siamese.*'epochz'|epochz"):
+        NGAMEConfig.from_dict({"siamese": {"epochz": 3}})
+
+
+def test_bad_literal_and_type_are_rejected():
+    with pytest.raises(ConfigError, match="not one of"):
+        SiameseConfig.from_dict({"loss": "hinge"})
+    with pytest.raises(ConfigError, match="expected an integer"):
+        SiameseConfig.from_dict({"epochs": "ten"})
+    with pytest.raises(ConfigError, match="must be > 0"):
+        SiameseConfig.from_dict({"batch_size": 0})
+
+
+def test_schedule_validation():
+    with pytest.raises(ConfigError, match="equal length"):
+        ClusterScheduleConfig.from_dict({"milestones": [0.1], "sizes": [2, 4]})
+    with pytest.raises(ConfigError, match="<= 1"):
+        ClusterScheduleConfig.from_dict({"unit": "fraction", "milestones": [2], "sizes": [4]})
+
+
+def test_paper_presets_load_and_hold_the_papers_values():
+    presets = paper_presets()
+    ngame = NGAMEConfig.from_dict(presets["ngame-paper"])
+    assert ngame.siamese.lr == 2e-4 and ngame.siamese.batch_size == 1600 and ngame.siamese.epochs == 300
+    assert ngame.siamese.margin == 0.3 and ngame.siamese.num_negatives == 10 and ngame.siamese.loss == "triplet"
+    assert ngame.siamese.schedule.sizes[-1] == 512 and ngame.siamese.schedule.milestones[0] == 10
+    assert ngame.index.M == 100 and ngame.index.ef_search == 300
+    mips = MIPSMethodConfig.from_dict(presets["mips-paper"])
+    assert mips.mips.mips_negatives == 5 and mips.mips.mips_negatives + mips.mips.uniform_negatives == 3000
+
+
+def test_invalid_json_file_names_the_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{\n "siamese": {\n  "epochs": ,\n }\n}')
+    with pytest.raises(ConfigError, match="line 3"):
+        NGAMEConfig.load(path)
+    assert json.loads(json.dumps(NGAMEConfig().to_dict()))

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from xmine.config import FusionConfig
+from xmine.fusion import ScoreFusion, lookup_csr
+from xmine.metrics import evaluate
+from xmine.topk import csr_from_topk, csr_row_topk
+
+
+def _problem(seed: int = 0, n: int = 400, c: int = 30, n_labels: int = 500):
+    rng = np.random.default_rng(seed)
+    cand = np.stack([rng.choice(n_labels, c, replace=False) for _ in range(n)])
+    relevant = rng.random((n, c)) < 0.1
+    # two noisy views of relevance: neither alone is perfect
+    clf = relevant * 1.5 + rng.normal(0, 1.0, (n, c))
+    sim = relevant * 0.3 + rng.normal(0, 0.3, (n, c))
+    rows, cols = np.nonzero(relevant)
+    truth = sp.csr_matrix((np.ones(len(rows)), (rows, cand[rows, cols])), shape=(n, n_labels))
+    inv_p = 1 + rng.random(n_labels)
+    return cand, {"classifier": clf, "encoder": sim}, truth, inv_p
+
+
+def _ndcg5(scores, cand, truth):
+    pred = csr_row_topk(csr_from_topk(scores, cand, truth.shape[1]), 5)
+    return evaluate(pred, truth, ks=(5,), recall_ks=())["nDCG@5"]
+
+
+def test_learned_fusion_is_never_worse_than_its_inputs_on_its_fitting_sample():
+    cand, scores, truth, inv_p = _problem()
+    fusion = ScoreFusion(FusionConfig(), inv_p, ("classifier", "encoder"))
+    results = fusion.fit(scores, cand, truth)
+    fused = _ndcg5(fusion.combine(scores, cand), cand, truth)
+    assert fused >= _ndcg5(scores["classifier"], cand, truth) - 1e-9
+    assert fused >= _ndcg5(scores["encoder"], cand, truth) - 1e-9
+    assert fused == max(results.values())
+    # two independent noisy views: combining them should help here
+    assert fusion.mode in ("lr", "tree", "lr+tree")
+
+
+def test_fixed_fusion_is_the_weighted_sum():
+    cand, scores, truth, inv_p = _problem(1)
+    fusion = ScoreFusion(FusionConfig(kind="fixed", weight=0.25), inv_p, ("classifier", "encoder"))
+    fusion.fit(scores, cand, truth)
+    expected = 0.25 / (1 + np.exp(-scores["classifier"])) + 0.75 * scores["encoder"]
+    assert np.allclose(fusion.combine(scores, cand), expected)
+
+
+def test_save_load_gives_identical_scores(tmp_path):
+    cand, scores, truth, inv_p = _problem(2)
+    fusion = ScoreFusion(FusionConfig(), inv_p, ("classifier", "encoder"))
+    fusion.fit(scores, cand, truth)
+    fusion.save(tmp_path)
+    loaded = ScoreFusion.load(tmp_path)
+    for mode in ("lr", "tree", "lr+tree"):
+        fusion.mode = loaded.mode = mode
+        assert np.allclose(fusion.combine(scores, cand), loaded.combine(scores, cand))
+
+
+def test_tree_arrays_reproduce_sklearn_predictions():
+    from sklearn.tree import DecisionTreeClassifier
+
+    from xmine.fusion import _tree_arrays, _tree_predict
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(500, 3)), rng.random(500) < 0.3
+    tree = DecisionTreeClassifier(max_depth=5, random_state=0).fit(x, y)
+    assert np.allclose(_tree_predict(_tree_arrays(tree), x), tree.predict_proba(x)[:, 1])
+
+
+def test_lookup_csr():
+    m = sp.csr_matrix(np.array([[0, 2.0, 0], [1.0, 0, 3.0]]))
+    cand = np.array([[1, 0, -1], [2, 0, 1]])
+    assert np.array_equal(lookup_csr(m, cand), [[2, 0, 0], [3, 1, 0]])

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xmine.config import IndexConfig
+from xmine.errors import XmineError
+from xmine.index import LabelIndex, exact_top_k
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_exact_index_matches_brute_force():
+    rng = np.random.default_rng(0)
+    vectors, queries = _unit(rng, 500, 16), _unit(rng, 20, 16)
+    scores, ids = LabelIndex.build(vectors, IndexConfig(kind="exact")).search(queries, 10)
+    ref = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    assert np.array_equal(ids, ref)
+    assert np.allclose(scores, np.take_along_axis(queries @ vectors.T, ref, axis=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_ann_recall_against_exact(kind):
+    rng = np.random.default_rng(1)
+    vectors, queries = _unit(rng, 5000, 32), _unit(rng, 200, 32)
+    config = IndexConfig(kind=kind, exact_below=0, M=32, ef_search=200, nprobe=32)
+    index = LabelIndex.build(vectors, config)
+    assert index.kind == kind
+    _, ids = index.search(queries, 10)
+    _, ref = exact_top_k(queries, vectors, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ref, strict=True)])
+    assert recall > 0.9
+
+
+def test_small_label_sets_fall_back_to_exact_and_pad_missing():
+    rng = np.random.default_rng(2)
+    index = LabelIndex.build(_unit(rng, 5, 8), IndexConfig(kind="hnsw"))
+    assert index.kind == "exact"
+    scores, ids = index.search(_unit(rng, 3, 8), 8)
+    assert (ids[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all()
+
+
+def test_save_load_same_results(tmp_path):
+    rng = np.random.default_rng(3)
+    vectors, queries = _unit(rng, 3000, 16), _unit(rng, 50, 16)
+    index = LabelIndex.build(vectors, IndexConfig(kind="hnsw", exact_below=0))
+    index.save(tmp_path / "idx")
+    loaded = LabelIndex.load(tmp_path / "idx")
+    assert loaded.kind == "hnsw"
+    assert np.array_equal(index.search(queries, 5)[1], loaded.search(queries, 5)[1])
+
+
+def test_bad_queries_raise_clear_errors():
+    index = LabelIndex.build(np.eye(4, dtype=np.float32))
+    with pytest.raises(XmineError, match="dimension 3 does not match the index dimension 4"):
+        index.search(np.ones((2, 3), dtype=np.float32), 1)
+    with pytest.raises(XmineError, match="2-D"):
+        index.search(np.ones(4, dtype=np.float32), 1)

@@ -1,0 +1,167 @@
+"""Behaviour of the trained models on a small real dataset (2,000 HPO training points), with a tiny
+randomly initialised encoder so that the suite stays fast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from xmine.config import (
+    ClassifierConfig,
+    ClusterScheduleConfig,
+    EncoderConfig,
+    KNNConfig,
+    MIPSConfig,
+    MIPSMethodConfig,
+    NGAMEConfig,
+    SiameseConfig,
+)
+from xmine.data import load_dataset
+from xmine.errors import XmineError
+from xmine.metrics import evaluate
+from xmine.models import NGAME, MIPSClassifier, TfidfKNN, load_model
+
+
+def _p1(pred: sp.csr_matrix, truth: sp.csr_matrix) -> float:
+    return evaluate(pred, truth, ks=(1,), recall_ks=())["P@1"]
+
+
+def _popularity_p1(ds) -> float:
+    counts = np.asarray(ds.train.labels.sum(0)).ravel()
+    top = int(np.argmax(counts))
+    return 100 * float(np.mean(ds.test.labels[:, top].toarray().ravel() > 0))
+
+
+@pytest.fixture(scope="module")
+def ds(small_hpo):
+    return load_dataset(small_hpo)
+
+
+def _encoder(tiny_model_dir, kind: str = "bow") -> EncoderConfig:
+    return EncoderConfig(kind=kind, model_path=str(tiny_model_dir), head_hidden=32, num_threads=2)
+
+
+def _ngame_config(tiny_model_dir, epochs: int = 8, **siamese) -> NGAMEConfig:
+    schedule = ClusterScheduleConfig(unit="epoch", start=2, refresh_every=1, milestones=[2, 4], sizes=[8, 16])
+    return NGAMEConfig(encoder=_encoder(tiny_model_dir),
+                       siamese=SiameseConfig(epochs=epochs, batch_size=256, lr=3e-3, lr_embeddings=1e-2,
+                                             temperature=0.1, schedule=schedule, **siamese),
+                       classifier=ClassifierConfig(epochs=2, shortlist_size=50, hash_buckets=1 << 18))
+
+
+def test_knn_baseline_beats_popularity_and_round_trips(ds, tmp_path):
+    model = TfidfKNN.train(ds, KNNConfig())
+    pred = model.predict(ds.test, k=10)
+    assert pred.shape == ds.test.labels.shape and (np.diff(pred.indptr) <= 10).all()
+    assert _p1(pred, ds.test.labels) > _popularity_p1(ds) + 5
+    model.save(tmp_path / "knn")
+    again = load_model(tmp_path / "knn").predict(ds.test, k=10)
+    assert (again != pred).nnz == 0
+
+
+@pytest.fixture(scope="module")
+def ngame(ds, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ngame")
+    model = NGAME.train(ds, _ngame_config(tiny_model_dir), out_dir=out, progress=False)
+    model.save(out)
+    return model, out
+
+
+def test_stage1_loss_falls_and_does_not_collapse(ngame):
+    model, _ = ngame
+    history = model.history["stage1"]
+    assert history[-1]["loss"] < history[0]["loss"] - 0.1
+    # collapse = negatives as similar as positives; a healthy encoder keeps them apart
+    assert history[-1]["gap"] > 0.05 and history[-1]["neg_cos"] < 0.95
+
+
+def test_stage1_beats_the_untrained_encoder(ds, ngame, tiny_model_dir):
+    model, _ = ngame
+    untrained = NGAME.train(ds, _ngame_config(tiny_model_dir).replace(stages=[1], siamese=SiameseConfig(
+        epochs=1, lr=1e-12, lr_embeddings=1e-12, batching="random")), progress=False)
+    trained_p1 = _p1(model.predict(ds.test, k=5, scores="encoder"), ds.test.labels)
+    untrained_p1 = _p1(untrained.predict(ds.test, k=5, scores="encoder"), ds.test.labels)
+    assert trained_p1 > untrained_p1 + 3
+
+
+def test_fused_scores_beat_encoder_alone_and_save_load_is_identical(ds, ngame):
+    model, out = ngame
+    fused = model.predict(ds.test, k=10)
+    assert _p1(fused, ds.test.labels) > _p1(model.predict(ds.test, k=10, scores="encoder"), ds.test.labels)
+    loaded = load_model(out)
+    for kind in ("fused", "encoder", "classifier"):
+        a, b = model.predict(ds.test, k=10, scores=kind), loaded.predict(ds.test, k=10, scores=kind)
+        assert np.array_equal(a.indices, b.indices) and np.allclose(a.data, b.data, atol=1e-5)
+
+
+def test_batched_prediction_equals_one_batch(ds, ngame):
+    model, _ = ngame
+    whole = model.predict(ds.test, k=10, batch_size=10_000)
+    parts = model.predict(ds.test, k=10, batch_size=37)
+    assert np.array_equal(whole.indices, parts.indices) and np.allclose(whole.data, parts.data, atol=1e-5)
+
+
+def test_a_label_absent_from_training_can_be_predicted(ds, ngame):
+    model, _ = ngame
+    unseen = np.flatnonzero(np.asarray(ds.train.labels.sum(0)).ravel() == 0)
+    assert unseen.size > 0
+    label = int(unseen[0])
+    for kind in ("encoder", "fused"):
+        pred = model.predict([ds.label_texts[label]], k=50, scores=kind)
+        assert label in set(pred.indices), kind
+
+
+def test_fusion_is_fitted_on_held_out_training_points(ngame):
+    model, _ = ngame
+    selection = model.history["fusion_selection"]
+    chosen = selection[model.fusion.mode]
+    assert chosen >= max(selection["encoder"], selection["classifier"])
+
+
+def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(ds, tiny_model_dir, tmp_path):
+    full = _ngame_config(tiny_model_dir, epochs=4).replace(stages=[1])
+    a = NGAME.train(ds, full, out_dir=tmp_path / "a", progress=False)
+    # "interrupted" after 2 epochs, then resumed from its checkpoint to 4
+    NGAME.train(ds, _ngame_config(tiny_model_dir, epochs=2).replace(stages=[1]), out_dir=tmp_path / "b",
+                progress=False)
+    b = NGAME.train(ds, full, out_dir=tmp_path / "b", resume=True, progress=False)
+    assert [e["epoch"] for e in b.history["stage1"]] == [0, 1, 2, 3]
+    assert np.allclose(a.label_embeddings, b.label_embeddings, atol=1e-5)
+
+
+def test_stage2_alone_starts_from_a_saved_stage1_model(ds, ngame, tiny_model_dir):
+    _, out = ngame
+    config = _ngame_config(tiny_model_dir).replace(stages=[2])
+    model = NGAME.train(ds, config, init_from=out, progress=False)
+    assert model.classifiers is not None and "stage1" not in model.history
+    with pytest.raises(XmineError, match="init_from"):
+        NGAME.train(ds, config, progress=False)
+
+
+def test_empty_label_text_is_a_clear_error(ds, tiny_model_dir):
+    ds_bad = load_dataset(ds.path)
+    ds_bad.label_texts[3] = "  "
+    with pytest.raises(XmineError, match="label 3"):
+        NGAME.train(ds_bad, _ngame_config(tiny_model_dir), progress=False)
+
+
+def test_mips_method_trains_rebuilds_on_schedule_and_round_trips(ds, tiny_model_dir, tmp_path):
+    config = MIPSMethodConfig(
+        encoder=_encoder(tiny_model_dir),
+        classifier=ClassifierConfig(epochs=6, batch_size=256, finetune_encoder=True, hash_buckets=1 << 18),
+        mips=MIPSConfig(mips_negatives=5, uniform_negatives=50, reindex_every=3, warmup_epochs=1))
+    model = MIPSClassifier.train(ds, config, progress=False)
+    epochs = model.history["epochs"]
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    labelled = int((np.diff(ds.train.labels.indptr) > 0).sum())  # points without labels are skipped
+    steps_per_epoch = int(np.ceil(labelled / 256))
+    # no index during the uniform-only warm-up epoch; then at each epoch start and every 3 steps
+    expected = sorted({e * steps_per_epoch for e in range(1, 6)} |
+                      {s for s in range(steps_per_epoch, 6 * steps_per_epoch) if s % 3 == 0})
+    assert model.history["rebuild_steps"] == expected
+    pred = model.predict(ds.test, k=10)
+    assert _p1(pred, ds.test.labels) > _popularity_p1(ds)
+    model.save(tmp_path / "mips")
+    again = load_model(tmp_path / "mips").predict(ds.test, k=10)
+    assert np.array_equal(again.indices, pred.indices) and np.allclose(again.data, pred.data, atol=1e-5)

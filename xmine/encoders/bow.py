@@ -1,0 +1,128 @@
+"""Bag-of-embeddings encoder (as in DeepXML/Astec/SiameseXML): WordPiece token ids -> an
+EmbeddingBag initialised from MiniLM's input embeddings, weighted by IDF, mean-centred, plus a
+residual head. ~100x faster than a transformer on CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from xmine.config import EncoderConfig
+from xmine.encoders.base import Encoder, ResidualHead, default_model_path, pick_device
+from xmine.errors import XmineError
+
+
+@dataclass
+class TokenBags:
+    """One row per text: token id -> count (CSR)."""
+
+    counts: sp.csr_matrix
+
+    def __len__(self) -> int:
+        return self.counts.shape[0]
+
+    def select(self, rows: np.ndarray) -> TokenBags:
+        return TokenBags(self.counts[rows])
+
+
+class BowEncoder(Encoder):
+    kind = "bow"
+
+    def __init__(self, config: EncoderConfig, tokenizer: Any, vocab_size: int, dim: int) -> None:
+        super().__init__(config)
+        self.tokenizer = tokenizer
+        self.embeddings = nn.EmbeddingBag(vocab_size, dim, mode="sum", sparse=True)
+        self.register_buffer("token_weights", torch.ones(vocab_size))
+        self.register_buffer("center_vector", torch.zeros(dim))
+        self.head = ResidualHead(dim, config.head_hidden) if config.residual_head else nn.Identity()
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @classmethod
+    def from_pretrained(cls, config: EncoderConfig, fit_texts: Sequence[str] | None = None) -> BowEncoder:
+        """Token table from the pretrained transformer's input embeddings; IDF and the centring
+        vector from `fit_texts` (training point and label texts)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        path = default_model_path(config)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        table = AutoModel.from_pretrained(path).get_input_embeddings().weight.detach().clone()
+        encoder = cls(config, tokenizer, table.shape[0], table.shape[1])
+        encoder.embeddings.weight.data.copy_(table)
+        if fit_texts is not None:
+            encoder.fit_statistics(encoder.prepare(fit_texts))
+        return encoder.to(pick_device(config))
+
+    def fit_statistics(self, bags: TokenBags) -> None:
+        """IDF weights over the given texts, then the mean bag vector (for centring)."""
+        if len(bags) == 0:
+            raise XmineError("cannot fit the bag-of-embeddings encoder on 0 texts")
+        if self.config.token_weighting == "idf":
+            doc_freq = np.bincount(bags.counts.indices, minlength=bags.counts.shape[1])
+            idf = np.log((1 + len(bags)) / (1 + doc_freq)) + 1.0
+            self.token_weights.copy_(torch.from_numpy(idf.astype(np.float32)))
+        if self.config.center:
+            self.center_vector.zero_()
+            with torch.no_grad():
+                sample = np.arange(min(len(bags), 20000))
+                self.center_vector.copy_(self._bag_mean(bags.select(sample)).mean(0))
+
+    def prepare(self, texts: Sequence[str]) -> TokenBags:
+        if any(not isinstance(t, str) for t in texts):
+            raise XmineError("encoder inputs must be strings")
+        ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                             max_length=max(self.config.max_length, 128))["input_ids"]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        indptr = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(indptr[-1]))
+        counts = sp.csr_matrix((np.ones(flat.shape[0], dtype=np.float32), flat, indptr),
+                               shape=(len(ids), self.embeddings.num_embeddings))
+        counts.sum_duplicates()
+        return TokenBags(counts)
+
+    def _bag_mean(self, bags: TokenBags) -> torch.Tensor:
+        counts = bags.counts
+        device = self.embeddings.weight.device
+        indices = torch.from_numpy(counts.indices.astype(np.int64)).to(device)
+        offsets = torch.from_numpy(counts.indptr[:-1].astype(np.int64)).to(device)
+        weights = torch.from_numpy(counts.data.astype(np.float32)).to(device) * self.token_weights[indices]
+        summed = self.embeddings(indices, offsets, per_sample_weights=weights)
+        total = torch.zeros(len(bags), device=device).index_add_(
+            0, torch.repeat_interleave(torch.arange(len(bags), device=device),
+                                       torch.from_numpy(np.diff(counts.indptr)).to(device)), weights)
+        # empty texts (no known token) embed as the zero bag and, after centring, as -mean
+        return summed / total.clamp_min(1e-6).unsqueeze(1)
+
+    def forward(self, batch: TokenBags) -> torch.Tensor:
+        x = self._bag_mean(batch) - self.center_vector
+        return nn.functional.normalize(self.head(x), dim=-1)
+
+    def parameter_groups(self, lr: float, lr_embeddings: float) -> list[dict[str, Any]]:
+        return [{"params": [p for n, p in self.named_parameters() if not n.startswith("embeddings.")], "lr": lr}]
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.embeddings.weight]
+
+    def _save_extra(self, directory: Path) -> None:
+        self.tokenizer.save_pretrained(directory / "tokenizer")
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {"vocab_size": self.embeddings.num_embeddings, "dim": self._dim}
+
+    @classmethod
+    def from_saved(cls, config: EncoderConfig, directory: Path, extra: dict[str, Any]) -> BowEncoder:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+        return cls(config, tokenizer, extra["vocab_size"], extra["dim"])

@@ -1,0 +1,183 @@
+"""Fusing the scores of a shortlist's candidates from several sources.
+
+Sources (each an (n, C) array over the same candidates): "classifier" (logit of the per-label
+classifier), "encoder" (cosine between point and label embeddings) and "knn" (TF-IDF neighbour
+votes, normalised by the row's best vote; 0 when a candidate got no vote). Each pair's features are
+those scores plus log inverse propensity of the label.
+
+"learned" (default): fitted on held-out TRAINING points (never test points), as NGAME does with its
+decision tree. Fitted there: a logistic regression and NGAME's small decision tree on the pair
+features; the fusion keeps whichever of [regression, tree, regression + tree, each source alone] has
+the best nDCG@5 on that held-out sample, so it is never worse there than any of its inputs.
+"fixed": weight * sigmoid(classifier) + (1 - weight) * encoder similarity.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.linear_model import LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
+
+from xmine.config import FusionConfig
+from xmine.errors import ModelError, XmineError
+from xmine.metrics import evaluate
+from xmine.topk import csr_from_topk, csr_row_topk
+from xmine.utils import atomic_save_npy, atomic_write_text
+
+SOURCES = ("classifier", "encoder", "knn")
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
+
+
+def lookup_csr(matrix: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
+    """Values of `matrix[i, candidates[i, j]]` (0 where absent or candidate < 0), vectorised."""
+    n, c = candidates.shape
+    n_cols = matrix.shape[1]
+    rows = np.repeat(np.arange(n), np.diff(matrix.indptr))
+    keys = rows.astype(np.int64) * n_cols + matrix.indices
+    order = np.argsort(keys)
+    keys, values = keys[order], matrix.data[order]
+    query = np.repeat(np.arange(n), c).astype(np.int64) * n_cols + np.maximum(candidates.ravel(), 0)
+    pos = np.clip(np.searchsorted(keys, query), 0, max(len(keys) - 1, 0))
+    found = (keys[pos] == query) & (candidates.ravel() >= 0) if len(keys) else np.zeros(query.shape, bool)
+    out = np.where(found, values[pos] if len(keys) else 0.0, 0.0)
+    return out.reshape(n, c).astype(np.float32)
+
+
+def _tree_arrays(tree: DecisionTreeClassifier) -> dict[str, np.ndarray]:
+    raw = tree.tree_
+    counts = raw.value[:, 0, :]
+    proba = counts / np.maximum(counts.sum(1, keepdims=True), 1e-12)
+    positive = np.flatnonzero(tree.classes_ == 1)
+    return {"left": raw.children_left.astype(np.int64), "right": raw.children_right.astype(np.int64),
+            "feature": raw.feature.astype(np.int64), "threshold": raw.threshold.astype(np.float64),
+            "proba": proba[:, positive[0]] if positive.size else np.zeros(raw.node_count),
+            "depth": np.array([raw.max_depth])}
+
+
+def _tree_predict(tree: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    node = np.zeros(features.shape[0], dtype=np.int64)
+    for _ in range(int(tree["depth"][0]) + 1):
+        left = tree["left"][node]
+        leaf = left < 0
+        if leaf.all():
+            break
+        value = features[np.arange(len(node)), np.maximum(tree["feature"][node], 0)]
+        node = np.where(leaf, node, np.where(value <= tree["threshold"][node], left, tree["right"][node]))
+    return tree["proba"][node]
+
+
+class ScoreFusion:
+    def __init__(self, config: FusionConfig, inv_propensity: np.ndarray, sources: tuple[str, ...]) -> None:
+        unknown = set(sources) - set(SOURCES)
+        if unknown:
+            raise XmineError(f"unknown score source(s) {sorted(unknown)}; known: {SOURCES}")
+        self.config = config
+        self.inv_propensity = np.asarray(inv_propensity, dtype=np.float64)
+        self.sources = tuple(sources)
+        self.mode = "fixed" if config.kind == "fixed" else "encoder"
+        self.coef: np.ndarray | None = None  # logistic regression weights over the pair features (+ bias)
+        self.tree: dict[str, np.ndarray] | None = None
+        self.selection: dict[str, float] = {}
+
+    def _features(self, scores: dict[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
+        cols = []
+        for name in self.sources:
+            value = scores[name]
+            cols.append((sigmoid(value) if name == "classifier" else value).ravel())
+        cols.append(np.log(self.inv_propensity[np.maximum(candidates, 0)]).ravel())
+        return np.stack(cols, axis=1).astype(np.float64)
+
+    def _check(self, scores: dict[str, np.ndarray], candidates: np.ndarray) -> None:
+        for name in self.sources:
+            if name not in scores:
+                raise XmineError(f"fusion needs the {name!r} scores")
+            if scores[name].shape != candidates.shape:
+                raise XmineError(f"{name} scores have shape {scores[name].shape}, candidates {candidates.shape}")
+
+    def _score_mode(self, mode: str, scores: dict[str, np.ndarray], candidates: np.ndarray,
+                    features: np.ndarray | None) -> np.ndarray:
+        if mode in self.sources:
+            return scores[mode]
+        if mode == "fixed":
+            w = self.config.weight
+            return w * sigmoid(scores["classifier"]) + (1 - w) * scores["encoder"]
+        out = np.zeros(features.shape[0])
+        if "lr" in mode:
+            out += sigmoid(features @ self.coef[:-1] + self.coef[-1])
+        if "tree" in mode:
+            out += _tree_predict(self.tree, features)
+        return out.reshape(candidates.shape)
+
+    def combine(self, scores: dict[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
+        """Fused (n, C) scores; padding candidates (-1) get -inf."""
+        self._check(scores, candidates)
+        needs_features = self.mode in ("lr", "tree", "lr+tree")
+        features = self._features(scores, candidates) if needs_features else None
+        return np.where(candidates >= 0, self._score_mode(self.mode, scores, candidates, features), -np.inf)
+
+    def fit(self, scores: dict[str, np.ndarray], candidates: np.ndarray, true_labels: sp.csr_matrix,
+            seed: int = 0) -> dict[str, float]:
+        """Fit on held-out training points; returns the held-out nDCG@5 of every option tried."""
+        self._check(scores, candidates)
+        if self.config.kind == "fixed":
+            self.mode = "fixed"
+            return {}
+        n_labels = true_labels.shape[1]
+        valid = candidates.ravel() >= 0
+        target = lookup_csr(sp.csr_matrix((np.ones(true_labels.nnz), true_labels.indices, true_labels.indptr),
+                                          shape=true_labels.shape), candidates).ravel() > 0
+        features = self._features(scores, candidates)
+        x, y = features[valid], target[valid]
+        if y.all() or not y.any():
+            self.mode = "encoder" if "encoder" in self.sources else self.sources[0]
+            return {}
+        mean, std = x.mean(0), x.std(0) + 1e-9
+        lr = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced").fit((x - mean) / std, y)
+        # fold the standardisation into the weights so prediction needs only coef
+        weights = lr.coef_[0] / std
+        self.coef = np.concatenate([weights, [lr.intercept_[0] - float(weights @ mean)]])
+        tree = DecisionTreeClassifier(max_depth=self.config.max_depth, min_samples_leaf=50, random_state=seed)
+        self.tree = _tree_arrays(tree.fit(x, y))
+        results: dict[str, float] = {}
+        for mode in (*self.sources, "lr", "tree", "lr+tree"):
+            fused = np.where(candidates >= 0, self._score_mode(mode, scores, candidates, features), -np.inf)
+            pred = csr_row_topk(csr_from_topk(fused, candidates, n_labels), 5)
+            results[mode] = evaluate(pred, true_labels, ks=(5,), recall_ks=())["nDCG@5"]
+        self.mode = max(results, key=lambda m: (results[m], m in ("lr", "tree", "lr+tree")))
+        self.selection = results
+        return results
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta: dict[str, Any] = {"config": self.config.to_dict(), "sources": list(self.sources), "mode": self.mode,
+                                "coef": None if self.coef is None else self.coef.tolist(),
+                                "selection": self.selection, "has_tree": self.tree is not None}
+        if self.tree is not None:
+            for key, value in self.tree.items():
+                atomic_save_npy(directory / f"tree_{key}.npy", value)
+        atomic_save_npy(directory / "inv_propensity.npy", self.inv_propensity)
+        atomic_write_text(directory / "fusion.json", json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ScoreFusion:
+        directory = Path(directory)
+        if not (directory / "fusion.json").exists():
+            raise ModelError(f"{directory}: no fusion model (fusion.json missing)")
+        meta = json.loads((directory / "fusion.json").read_text())
+        obj = cls(FusionConfig.from_dict(meta["config"]), np.load(directory / "inv_propensity.npy"),
+                  tuple(meta["sources"]))
+        obj.mode, obj.selection = meta["mode"], meta.get("selection", {})
+        obj.coef = None if meta["coef"] is None else np.asarray(meta["coef"])
+        if meta.get("has_tree"):
+            obj.tree = {k: np.load(directory / f"tree_{k}.npy")
+                        for k in ("left", "right", "feature", "threshold", "proba", "depth")}
+        return obj

@@ -1,0 +1,143 @@
+"""NGAME's negative-mining-aware mini-batching: a batch sampler that groups training points by
+their current embeddings (balanced clusters), so that the positives of a point's batch-mates
+are hard negatives for it, at no extra encoding cost."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from xmine.config import ClusterScheduleConfig
+from xmine.errors import ConfigError
+
+
+def balanced_clusters(embeddings: np.ndarray, cluster_size: int, rng: np.random.Generator,
+                      iterations: int = 5) -> list[np.ndarray]:
+    """Recursive balanced 2-means (spherical): split every node in two equal halves by the
+    difference of its similarities to two centroids, until nodes hold <= cluster_size points.
+    Returns the clusters as arrays of point indices; sizes differ by at most one within a level."""
+    n = embeddings.shape[0]
+    if cluster_size < 1:
+        raise ConfigError(f"cluster size must be >= 1, got {cluster_size}")
+    if cluster_size > n:
+        raise ConfigError(f"cluster size {cluster_size} is larger than the training set ({n} points)")
+    depth = max(0, math.ceil(math.log2(n / cluster_size)))
+    nodes = [np.arange(n)]
+    for _ in range(depth):
+        next_nodes = []
+        for node in nodes:
+            if len(node) <= cluster_size:
+                next_nodes.append(node)
+                continue
+            next_nodes.extend(_split_in_two(embeddings[node], node, rng, iterations))
+        nodes = next_nodes
+    return nodes
+
+
+def _split_in_two(x: np.ndarray, node: np.ndarray, rng: np.random.Generator,
+                  iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    seeds = rng.choice(len(node), size=2, replace=False)
+    centroids = x[seeds].copy()
+    half = len(node) // 2
+    order = np.arange(len(node))
+    for _ in range(iterations):
+        # rank by preference for centroid 0 over centroid 1; the top half goes to 0 (balance)
+        preference = x @ (centroids[0] - centroids[1])
+        order = np.argsort(-preference, kind="stable")
+        for side, part in enumerate((order[:half], order[half:])):
+            mean = x[part].mean(0)
+            centroids[side] = mean / max(np.linalg.norm(mean), 1e-12)
+    return node[order[:half]], node[order[half:]]
+
+
+class ClusterSchedule:
+    """NGAME's curriculum resolved for a run of `epochs` epochs: random batches before
+    `start_epoch`; afterwards re-cluster every `refresh_every` epochs with the cluster size in
+    force at that epoch."""
+
+    def __init__(self, config: ClusterScheduleConfig, epochs: int) -> None:
+        self.config = config
+        self.epochs = epochs
+        to_epoch = (lambda v: int(round(v * epochs))) if config.unit == "fraction" else (lambda v: int(v))
+        self.start_epoch = to_epoch(config.start)
+        self.milestones = [to_epoch(m) for m in config.milestones]
+        self.sizes = list(config.sizes)
+
+    def cluster_size(self, epoch: int) -> int | None:
+        """Points per cluster at `epoch`, or None for random batches."""
+        if epoch < self.start_epoch:
+            return None
+        size = None
+        for milestone, s in zip(self.milestones, self.sizes, strict=True):
+            if epoch >= milestone:
+                size = s
+        return size if size is not None else self.sizes[0]
+
+    def is_refresh_epoch(self, epoch: int) -> bool:
+        if epoch < self.start_epoch:
+            return False
+        return (epoch - self.start_epoch) % self.config.refresh_every == 0 or (
+            epoch in self.milestones and self.cluster_size(epoch) != self.cluster_size(epoch - 1))
+
+
+class ClusterBatchSampler:
+    """Yields batches of point indices. Before `update()` (or with cluster size None), batches are
+    random; after, a batch is a concatenation of whole clusters, in shuffled order. Every point
+    appears exactly once per epoch."""
+
+    def __init__(self, n_points: int, batch_size: int, seed: int = 0, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        self.n_points = n_points
+        self.batch_size = batch_size
+        self.seed = seed
+        self.drop_last = drop_last
+        self.clusters: list[np.ndarray] | None = None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def update(self, embeddings: np.ndarray, cluster_size: int | None) -> None:
+        """Re-cluster from the points' current embeddings (None: back to random batches)."""
+        if embeddings.shape[0] != self.n_points:
+            raise ConfigError(f"sampler has {self.n_points} points, got {embeddings.shape[0]} embeddings")
+        if cluster_size is None or cluster_size <= 1:
+            self.clusters = None
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
+        self.clusters = balanced_clusters(np.asarray(embeddings, dtype=np.float32), cluster_size, rng)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch, 2])
+        if self.clusters is None:
+            order = rng.permutation(self.n_points)
+            batches = [order[i:i + self.batch_size] for i in range(0, self.n_points, self.batch_size)]
+        else:
+            batches, current, filled = [], [], 0
+            for c in rng.permutation(len(self.clusters)):
+                current.append(self.clusters[c])
+                filled += len(self.clusters[c])
+                if filled >= self.batch_size:
+                    batches.append(np.concatenate(current))
+                    current, filled = [], 0
+            if current:
+                batches.append(np.concatenate(current))
+        for batch in batches:
+            if self.drop_last and len(batch) < self.batch_size:
+                continue
+            yield batch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_points / self.batch_size)
+
+    def state_dict(self) -> dict:
+        return {"clusters": None if self.clusters is None else [c.tolist() for c in self.clusters],
+                "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        clusters = state["clusters"]
+        self.clusters = None if clusters is None else [np.asarray(c, dtype=np.int64) for c in clusters]

@@ -1,0 +1,114 @@
+"""The reference baseline: TF-IDF features, exact nearest training points, label voting.
+
+score(x, l) = sum over the `neighbours` most cosine-similar training points j of sim(x, j)**power * Y[j, l].
+Every later method must beat it; it stays in the benchmarks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from xmine.config import KNNConfig
+from xmine.errors import ModelError, XmineError
+from xmine.features import TfidfFeaturizer
+from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_config
+from xmine.topk import csr_from_topk, csr_row_topk, dense_topk
+from xmine.utils import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+class TfidfKNN(XMCModel):
+    method = "knn"
+
+    def __init__(self, config: KNNConfig, featurizer: TfidfFeaturizer, train_features: sp.csr_matrix,
+                 train_labels: sp.csr_matrix) -> None:
+        self.config = config
+        self.featurizer = featurizer
+        self.train_features = train_features
+        self.train_labels = train_labels
+        self.n_labels = train_labels.shape[1]
+
+    @classmethod
+    def train(cls, dataset: Any, config: KNNConfig | None = None) -> TfidfKNN:
+        config = config or KNNConfig()
+        start = time.perf_counter()
+        split = dataset.train
+        featurizer = TfidfFeaturizer(config.tfidf).fit(split.texts, split.features)
+        features = featurizer.transform(split.texts, split.features)
+        labels = sp.csr_matrix(split.labels).astype(np.float32, copy=True)
+        labels.data[:] = 1.0  # votes count each relevant label once, whatever its relevance value
+        log.info("knn: %d training points, %d TF-IDF features (%s), fitted in %.1fs", features.shape[0],
+                 featurizer.n_features, featurizer.source, time.perf_counter() - start)
+        return cls(config, featurizer, features, labels)
+
+    def neighbours(self, features: sp.csr_matrix, k: int, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """The k most similar training points of each row: (similarities, training indices)."""
+        k = min(k, self.train_features.shape[0])
+        sims = np.empty((features.shape[0], k), dtype=np.float32)
+        ids = np.empty((features.shape[0], k), dtype=np.int64)
+        train_t = self.train_features.T.tocsr()
+        for start in range(0, features.shape[0], batch_size):
+            block = (features[start:start + batch_size] @ train_t).toarray()
+            sims[start:start + batch_size], ids[start:start + batch_size] = dense_topk(block, k)
+        return sims, ids
+
+    def predict(self, inputs: Any, k: int = 100, batch_size: int = 1024, progress: bool = False) -> sp.csr_matrix:
+        inputs = Inputs.of(inputs)
+        return self.predict_features(self.featurizer.transform(inputs.texts, inputs.features), k, batch_size,
+                                     progress=progress)
+
+    def predict_features(self, features: sp.csr_matrix, k: int, batch_size: int = 1024,
+                         exclude_rows: np.ndarray | None = None, progress: bool = False) -> sp.csr_matrix:
+        """Label votes from TF-IDF `features`. `exclude_rows[i]` (a training row index) is left out of
+        row i's neighbours: a training point must not vote for itself when shortlisting its own labels."""
+        if k < 1:
+            raise XmineError(f"k must be >= 1, got {k}")
+        out = []
+        extra = 0 if exclude_rows is None else 1
+        bar = tqdm(total=features.shape[0], desc="knn predict", unit="pt", disable=not progress)
+        for start in range(0, features.shape[0], batch_size):
+            sims, ids = self.neighbours(features[start:start + batch_size], self.config.neighbours + extra,
+                                        batch_size)
+            if exclude_rows is not None:
+                sims = np.where(ids == exclude_rows[start:start + batch_size, None], 0.0, sims)
+            weights = csr_from_topk(np.maximum(sims, 0) ** self.config.power, ids, self.train_features.shape[0])
+            weights.eliminate_zeros()
+            out.append(csr_row_topk(weights @ self.train_labels, k))
+            bar.update(sims.shape[0])
+        bar.close()
+        if not out:
+            return sp.csr_matrix((0, self.n_labels), dtype=np.float32)
+        return sp.vstack(out).tocsr()
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.featurizer.save(directory / "tfidf")
+        atomic_write(directory / "train.npz", lambda tmp: _save_npz(tmp, self.train_features, self.train_labels))
+        write_model_config(directory, self.method, self.config.to_dict(), self.n_labels)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TfidfKNN:
+        directory = Path(directory)
+        meta = read_model_config(directory)
+        try:
+            data = np.load(directory / "train.npz")
+        except FileNotFoundError as exc:
+            raise ModelError(f"{directory}: train.npz missing") from exc
+        features = sp.csr_matrix((data["x_data"], data["x_indices"], data["x_indptr"]), shape=tuple(data["x_shape"]))
+        labels = sp.csr_matrix((data["y_data"], data["y_indices"], data["y_indptr"]), shape=tuple(data["y_shape"]))
+        return cls(KNNConfig.from_dict(meta["config"]), TfidfFeaturizer.load(directory / "tfidf"), features, labels)
+
+
+def _save_npz(path: str, features: sp.csr_matrix, labels: sp.csr_matrix) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, x_data=features.data, x_indices=features.indices, x_indptr=features.indptr,
+                 x_shape=np.array(features.shape), y_data=labels.data, y_indices=labels.indices,
+                 y_indptr=labels.indptr, y_shape=np.array(labels.shape))

@@ -1,0 +1,167 @@
+"""MIPS negative sampling (Qaraei & Babbar, Machine Learning 2023, "Meta-classifier free negative
+sampling for extreme multilabel classification").
+
+An encoder feeds one linear classifier per label (one-vs-all), trained with binary cross-entropy on
+each point's positives, a few hard negatives from a maximum-inner-product search over the current
+classifier vectors, and uniformly sampled labels. The MIPS index is rebuilt every `reindex_every`
+steps and at every epoch start; before `warmup_epochs` only uniform negatives are used.
+With sparse features, the MIPS search runs over the dense part of the classifiers.
+
+Model directory: config.json, encoder/, classifiers/ (+ classifiers/index), tfidf/, history.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from xmine.classifiers import LabelClassifiers
+from xmine.config import KNNConfig, MIPSMethodConfig
+from xmine.encoders import Encoder, build_encoder, load_encoder
+from xmine.errors import XmineError
+from xmine.index import LabelIndex
+from xmine.mining.mips import MIPSNegativeSampler
+from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_config
+from xmine.models.knn import TfidfKNN
+from xmine.shortlist import csr_rows_to_ids, union_candidates
+from xmine.topk import csr_from_topk, csr_row_topk
+from xmine.training.classifiers import train_classifiers
+from xmine.utils import atomic_write_text, seed_everything, set_threads
+
+log = logging.getLogger(__name__)
+
+
+class MIPSClassifier(XMCModel):
+    method = "mips"
+
+    def __init__(self, config: MIPSMethodConfig, encoder: Encoder, classifiers: LabelClassifiers,
+                 index: LabelIndex | None, knn: TfidfKNN | None, history: dict[str, Any] | None = None) -> None:
+        self.config, self.encoder, self.classifiers, self.index, self.knn = config, encoder, classifiers, index, knn
+        self.history = history or {}
+        self.n_labels = classifiers.n_labels
+
+    @classmethod
+    def train(cls, dataset: Any, config: MIPSMethodConfig | None = None, out_dir: str | Path | None = None,
+              resume: bool = False, progress: bool = True) -> MIPSClassifier:
+        config = config or MIPSMethodConfig()
+        set_threads(config.encoder.num_threads)
+        seed_everything(config.classifier.seed)
+        split = dataset.train
+        if split.texts is None:
+            raise XmineError("the MIPS method encodes point texts; the dataset has none")
+        start = time.perf_counter()
+        fit_texts = list(split.texts) + list(dataset.label_texts or [])
+        encoder = build_encoder(config.encoder, fit_texts)
+        point_inputs = encoder.prepare(split.texts)
+        uses_sparse = config.classifier.features != "dense"
+        knn = TfidfKNN.train(dataset, KNNConfig(tfidf=config.tfidf)) if uses_sparse else None
+        classifiers = LabelClassifiers(dataset.n_labels, encoder.dim, config.classifier.features,
+                                       config.classifier.hash_buckets)
+        if dataset.label_texts is not None and classifiers.weight is not None:
+            classifiers.init_dense(encoder.encode(dataset.label_texts, progress=progress, desc="encode labels"))
+        elif classifiers.weight is not None:
+            with torch.no_grad():
+                classifiers.weight.normal_(0, 0.01)
+        sampler = MIPSNegativeSampler(dataset.n_labels, config.mips.mips_negatives, config.mips.uniform_negatives,
+                                      config.mips.index, seed=config.classifier.seed)
+        rebuild_steps: list[int] = []
+        uses_mips = config.mips.mips_negatives > 0
+
+        def rebuild(step: int) -> None:
+            if uses_mips:
+                sampler.rebuild(classifiers.weight.detach().cpu().numpy())
+                rebuild_steps.append(step)
+
+        epoch_start = {"step": -1}
+
+        def on_epoch_start(epoch: int, step: int) -> None:
+            if epoch >= config.mips.warmup_epochs:
+                epoch_start["step"] = step
+                rebuild(step)
+
+        def on_step(step: int) -> None:
+            # rebuilt at each epoch start (above) and every `reindex_every` steps once hard negatives are on
+            if (step % config.mips.reindex_every == 0 and step != epoch_start["step"]
+                    and sampler.index is not None):
+                rebuild(step)
+
+        def negatives(rows: np.ndarray, emb: np.ndarray | None, batch_pos: sp.csr_matrix, epoch: int,
+                      step: int) -> np.ndarray:
+            hard = uses_mips and epoch >= config.mips.warmup_epochs and emb is not None
+            return sampler.sample(emb, batch_pos, use_mips=hard)
+
+        frozen_emb = None if config.classifier.finetune_encoder else encoder.encode(point_inputs, progress=progress)
+        ckpt = Path(out_dir) / "checkpoints" / "mips.pt" if out_dir is not None else None
+        hist = train_classifiers(classifiers, split.labels, config.classifier, negatives, embeddings=frozen_emb,
+                                 sparse_features=knn.train_features if knn is not None else None, encoder=encoder,
+                                 point_inputs=point_inputs, checkpoint_path=ckpt, resume=resume, progress=progress,
+                                 on_step=on_step, on_epoch_start=on_epoch_start)
+        index = LabelIndex.build(classifiers.weight.detach().numpy(), config.mips.index) \
+            if classifiers.weight is not None else None
+        history = {"epochs": hist.to_list(), "train_seconds": time.perf_counter() - start,
+                   "reindex_seconds": sampler.rebuild_seconds, "reindex_count": sampler.rebuilds,
+                   "rebuild_steps": rebuild_steps}
+        return cls(config, encoder, classifiers, index, knn, history)
+
+    @torch.no_grad()
+    def predict(self, inputs: Any, k: int = 100, batch_size: int = 2048, progress: bool = False) -> sp.csr_matrix:
+        """Candidates from the MIPS index over the classifier vectors (plus TF-IDF neighbours' labels
+        when the classifiers use sparse features), scored exactly by the classifiers."""
+        inputs = Inputs.of(inputs)
+        if inputs.texts is None:
+            raise XmineError("the MIPS model predicts from texts; the input has none")
+        if k < 1:
+            raise XmineError(f"k must be >= 1, got {k}")
+        self.encoder.eval()
+        self.classifiers.eval()
+        width = min(max(self.config.classifier.shortlist_size, k), self.n_labels)
+        out = []
+        for start in tqdm(range(0, inputs.n_points, batch_size), desc="predict", disable=not progress):
+            part = inputs.select(slice(start, start + batch_size))
+            emb = self.encoder.encode(part.texts)
+            parts = []
+            if self.index is not None:
+                parts.append(self.index.search(emb, width)[1])
+            sparse_x = None
+            if self.knn is not None:
+                sparse_x = self.knn.featurizer.transform(part.texts, part.features)
+                parts.append(csr_rows_to_ids(self.knn.predict_features(sparse_x, width), width))
+            cand = union_candidates(*parts)
+            scores = self.classifiers.score(torch.from_numpy(emb), sparse_x, cand).numpy()
+            scores = np.where(cand >= 0, scores, -np.inf)
+            out.append(csr_row_topk(csr_from_topk(scores, cand, self.n_labels), k))
+        if not out:
+            return sp.csr_matrix((0, self.n_labels), dtype=np.float32)
+        return sp.vstack(out).tocsr()
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.encoder.save(directory / "encoder")
+        self.classifiers.save(directory / "classifiers")
+        if self.index is not None:
+            self.index.save(directory / "classifiers" / "index")
+        if self.knn is not None:
+            self.knn.save(directory / "tfidf")
+        atomic_write_text(directory / "history.json", json.dumps(self.history, indent=2, default=float))
+        write_model_config(directory, self.method, self.config.to_dict(), self.n_labels)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> MIPSClassifier:
+        directory = Path(directory)
+        meta = read_model_config(directory)
+        config = MIPSMethodConfig.from_dict(meta["config"])
+        encoder = load_encoder(directory / "encoder", device=device or "cpu")
+        classifiers = LabelClassifiers.load(directory / "classifiers")
+        index = LabelIndex.load(directory / "classifiers" / "index") if (directory / "classifiers" / "index").exists() \
+            else None
+        knn = TfidfKNN.load(directory / "tfidf") if (directory / "tfidf").exists() else None
+        history = json.loads((directory / "history.json").read_text()) if (directory / "history.json").exists() else {}
+        return cls(config, encoder, classifiers, index, knn, history)

@@ -1,0 +1,296 @@
+"""NGAME (Dahiya et al., WSDM 2023): Siamese encoder trained with negative-mining-aware batches
+(stage 1), per-label classifiers on an ANN shortlist (stage 2), and score fusion.
+
+Model directory layout:
+  config.json        method, version, full NGAMEConfig, number of labels
+  encoder/           the Siamese encoder (weights, tokenizer)
+  label_embeddings/  embeddings.npy (L, d) and the ANN index over them
+  tfidf/             TF-IDF featurizer + training matrix (sparse features and neighbour shortlist)
+  classifiers/       per-label classifiers and the ANN index over their dense vectors
+  fusion/            the fitted score fusion
+  history.json       per-epoch training records
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from xmine.classifiers import LabelClassifiers
+from xmine.config import KNNConfig, NGAMEConfig
+from xmine.encoders import Encoder, build_encoder, load_encoder
+from xmine.errors import ModelError, XmineError
+from xmine.fusion import ScoreFusion, lookup_csr
+from xmine.index import LabelIndex
+from xmine.metrics import inverse_propensity
+from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_config
+from xmine.models.knn import TfidfKNN
+from xmine.shortlist import csr_rows_to_ids, recall_of_shortlist, union_candidates
+from xmine.topk import csr_from_topk, csr_row_topk
+from xmine.training.classifiers import train_classifiers
+from xmine.training.siamese import sample_one_positive, train_siamese
+from xmine.utils import atomic_save_npy, atomic_write_text, seed_everything, set_threads
+
+log = logging.getLogger(__name__)
+
+ScoreKind = Literal["fused", "encoder", "classifier"]
+
+
+class ShortlistScorer:
+    """Shortlist + exact scoring, shared by NGAME's prediction and its held-out fusion fitting."""
+
+    def __init__(self, label_embeddings: np.ndarray, label_index: LabelIndex, knn: TfidfKNN | None,
+                 classifiers: LabelClassifiers | None, classifier_index: LabelIndex | None, shortlist_size: int,
+                 knn_shortlist: int) -> None:
+        self.label_embeddings, self.label_index = label_embeddings, label_index
+        self.knn, self.classifiers, self.classifier_index = knn, classifiers, classifier_index
+        self.shortlist_size, self.knn_shortlist = shortlist_size, knn_shortlist
+
+    @torch.no_grad()
+    def __call__(self, emb: np.ndarray, sparse_x: sp.csr_matrix | None, use_classifier_index: bool,
+                 classifier_sparse: bool, exclude_rows: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Candidates (n, C) from the label-embedding ANN (+ classifier ANN, + TF-IDF neighbours' labels)
+        and each candidate's scores per source: "encoder", "knn" and (with classifiers) "classifier"."""
+        k = min(self.shortlist_size, self.label_embeddings.shape[0])
+        parts = [self.label_index.search(emb, k)[1]]
+        if use_classifier_index and self.classifier_index is not None:
+            parts.append(self.classifier_index.search(emb, k)[1])
+        votes = None
+        if self.knn is not None and sparse_x is not None and self.knn_shortlist > 0:
+            votes = self.knn.predict_features(sparse_x, self.knn_shortlist, exclude_rows=exclude_rows)
+            parts.append(csr_rows_to_ids(votes, self.knn_shortlist))
+        cand = union_candidates(*parts)
+        scores = {"encoder": np.einsum("nd,ncd->nc", emb, self.label_embeddings[np.maximum(cand, 0)])}
+        if votes is not None:
+            best = np.maximum(votes.max(axis=1).toarray().ravel(), 1e-12)
+            scores["knn"] = lookup_csr(votes, cand) / best[:, None].astype(np.float32)
+        if self.classifiers is not None:
+            scores["classifier"] = self.classifiers.score(torch.from_numpy(emb),
+                                                          sparse_x if classifier_sparse else None, cand).numpy()
+        return cand, scores
+
+
+class NGAME(XMCModel):
+    method = "ngame"
+
+    def __init__(self, config: NGAMEConfig, encoder: Encoder, label_embeddings: np.ndarray, label_index: LabelIndex,
+                 knn: TfidfKNN | None = None, classifiers: LabelClassifiers | None = None,
+                 classifier_index: LabelIndex | None = None, fusion: ScoreFusion | None = None,
+                 history: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.encoder = encoder
+        self.label_embeddings = label_embeddings
+        self.label_index = label_index
+        self.knn = knn
+        self.classifiers = classifiers
+        self.classifier_index = classifier_index
+        self.fusion = fusion
+        self.history = history or {}
+        self.n_labels = label_embeddings.shape[0]
+
+    # ------------------------------------------------------------------ training
+    @classmethod
+    def train(cls, dataset: Any, config: NGAMEConfig | None = None, out_dir: str | Path | None = None,
+              resume: bool = False, init_from: str | Path | None = None, progress: bool = True) -> NGAME:
+        """Train the stages in `config.stages` on `dataset.train`. Stage 2 alone needs `init_from`, a saved
+        stage-1 (or full) NGAME model directory. With `out_dir`, checkpoints go to out_dir/checkpoints and
+        `resume=True` continues from them."""
+        config = config or NGAMEConfig()
+        set_threads(config.encoder.num_threads)
+        seed_everything(config.siamese.seed)
+        split = dataset.train
+        if dataset.label_texts is None or split.texts is None:
+            raise XmineError("NGAME needs point texts and label texts (the dataset has "
+                             f"{'no point texts' if split.texts is None else 'no label texts'})")
+        empty = [i for i, t in enumerate(dataset.label_texts) if not t.strip()]
+        if empty:
+            raise XmineError(f"{len(empty)} label text(s) are empty (first: label {empty[0]}); the Siamese "
+                             "encoder needs a text for every label")
+        ckpt_dir = Path(out_dir) / "checkpoints" if out_dir is not None else None
+        history: dict[str, Any] = {}
+        timings: dict[str, float] = {}
+        if 1 in config.stages:
+            t0 = time.perf_counter()
+            encoder = build_encoder(config.encoder, list(split.texts) + list(dataset.label_texts))
+            point_inputs = encoder.prepare(split.texts)
+            label_inputs = encoder.prepare(dataset.label_texts)
+            hist = train_siamese(encoder, point_inputs, label_inputs, split.labels, config.siamese,
+                                 checkpoint_path=ckpt_dir / "stage1.pt" if ckpt_dir else None, resume=resume,
+                                 progress=progress)
+            history["stage1"] = hist.to_list()
+            timings["stage1_seconds"] = time.perf_counter() - t0
+        else:
+            if init_from is None:
+                raise XmineError("stage 2 alone needs a trained stage-1 model: pass init_from / --init-from")
+            encoder = load_encoder(Path(init_from) / "encoder", device=config.encoder.device)
+            point_inputs = encoder.prepare(split.texts)
+            label_inputs = encoder.prepare(dataset.label_texts)
+        t0 = time.perf_counter()
+        label_embeddings = encoder.encode(label_inputs, progress=progress, desc="encode labels")
+        label_index = LabelIndex.build(label_embeddings, config.index)
+        timings["label_index_seconds"] = time.perf_counter() - t0
+        model = cls(config, encoder, label_embeddings, label_index, history=history)
+        if 2 in config.stages:
+            t0 = time.perf_counter()
+            model._train_stage2(dataset, point_inputs, ckpt_dir, resume, progress)
+            timings["stage2_seconds"] = time.perf_counter() - t0
+        model.history.update(timings)
+        return model
+
+    def _train_stage2(self, dataset: Any, point_inputs: Any, ckpt_dir: Path | None, resume: bool,
+                      progress: bool) -> None:
+        cfg = self.config
+        split = dataset.train
+        labels = sp.csr_matrix(split.labels)
+        n = labels.shape[0]
+        rng = np.random.default_rng([cfg.classifier.seed, 11])
+        # held-out TRAINING points for the fusion; classifiers never see them
+        n_holdout = min(cfg.fusion.holdout_points, n // 5)
+        holdout = np.sort(rng.choice(n, size=n_holdout, replace=False))
+        fit_rows = np.setdiff1d(np.arange(n), holdout)
+        uses_sparse = cfg.classifier.features != "dense"
+        self.knn = TfidfKNN.train(dataset, KNNConfig(tfidf=cfg.tfidf))
+        sparse_x = self.knn.train_features if uses_sparse else None
+        # the shortlist's neighbour source only sees the classifier-training rows
+        emb = self.encoder.encode(point_inputs, progress=progress, desc="encode points")
+        t0 = time.perf_counter()
+        shortlist, _ = self._scorer()(emb, self.knn.train_features, use_classifier_index=False,
+                                      classifier_sparse=False, exclude_rows=np.arange(n))
+        self.history["shortlist_recall_train"] = recall_of_shortlist(shortlist, labels)
+        self.history["shortlist_seconds"] = time.perf_counter() - t0
+        log.info("stage 2 shortlist: %d candidates/point, recall %.1f%% on training points", shortlist.shape[1],
+                 self.history["shortlist_recall_train"])
+        classifiers = LabelClassifiers(self.n_labels, self.encoder.dim, cfg.classifier.features,
+                                       cfg.classifier.hash_buckets)
+        classifiers.init_dense(self.label_embeddings)
+        train_labels = labels.copy()
+        train_labels[holdout] = 0  # held-out rows have no positives -> skipped by the loop
+        train_labels.eliminate_zeros()
+        batch_rng = np.random.default_rng([cfg.classifier.seed, 13])
+
+        def negatives(rows: np.ndarray, _emb: Any, batch_pos: sp.csr_matrix, epoch: int, step: int) -> np.ndarray:
+            # ANN shortlist of each point + one positive of every other point in the batch (in-batch negatives)
+            in_batch = sample_one_positive(batch_pos, batch_rng)
+            return np.concatenate([shortlist[rows], np.broadcast_to(in_batch, (len(rows), len(in_batch)))], axis=1)
+
+        hist = train_classifiers(classifiers, train_labels, cfg.classifier, negatives, embeddings=emb,
+                                 sparse_features=sparse_x, encoder=self.encoder if cfg.classifier.finetune_encoder
+                                 else None, point_inputs=point_inputs,
+                                 checkpoint_path=ckpt_dir / "stage2.pt" if ckpt_dir else None, resume=resume,
+                                 progress=progress)
+        self.history["stage2"] = hist.to_list()
+        self.classifiers = classifiers
+        if classifiers.weight is not None:
+            self.classifier_index = LabelIndex.build(classifiers.weight.detach().numpy(), cfg.index)
+        if cfg.classifier.finetune_encoder:  # embeddings moved: refresh them and their index
+            self.label_embeddings = self.encoder.encode(dataset.label_texts)
+            self.label_index = LabelIndex.build(self.label_embeddings, cfg.index)
+            emb = self.encoder.encode(point_inputs)
+        # fusion on the held-out training points
+        self.fusion = ScoreFusion(cfg.fusion, inverse_propensity(labels[fit_rows], cfg.fusion.propensity_A,
+                                                                 cfg.fusion.propensity_B), self.score_sources)
+        cand, scores = self._scorer()(emb[holdout], self.knn.train_features[holdout], use_classifier_index=True,
+                                      classifier_sparse=uses_sparse, exclude_rows=holdout)
+        self.history["fusion_selection"] = self.fusion.fit(scores, cand, labels[holdout], seed=cfg.classifier.seed)
+        self.history["fusion_mode"] = self.fusion.mode
+        self.history["shortlist_recall_holdout"] = recall_of_shortlist(cand, labels[holdout])
+
+    @property
+    def score_sources(self) -> tuple[str, ...]:
+        return ("classifier", "encoder") + (("knn",) if self.knn is not None else ())
+
+    def _scorer(self) -> ShortlistScorer:
+        return ShortlistScorer(self.label_embeddings, self.label_index, self.knn, self.classifiers,
+                               self.classifier_index, self.config.classifier.shortlist_size,
+                               self.config.classifier.shortlist_size if self.knn is not None else 0)
+
+    # ---------------------------------------------------------------- prediction
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode(texts)
+
+    @torch.no_grad()
+    def predict(self, inputs: Any, k: int = 100, scores: ScoreKind = "fused", batch_size: int = 2048,
+                progress: bool = False) -> sp.csr_matrix:
+        """Top-k labels per point as an (n, L) CSR score matrix, in batches of bounded memory.
+        scores: "fused" (default when classifiers exist), "encoder" (label-embedding similarity) or
+        "classifier"."""
+        inputs = Inputs.of(inputs)
+        if k < 1:
+            raise XmineError(f"k must be >= 1, got {k}")
+        if inputs.texts is None:
+            raise XmineError("NGAME predicts from texts; the input has none")
+        if scores != "encoder" and self.classifiers is None:
+            if scores == "classifier":
+                raise XmineError("this model has no classifiers (stage 2 was not trained); use scores='encoder'")
+            scores = "encoder"
+        self.encoder.eval()
+        if self.classifiers is not None:
+            self.classifiers.eval()
+        scorer = self._scorer()
+        uses_sparse = self.config.classifier.features != "dense"
+        out = []
+        for start in tqdm(range(0, inputs.n_points, batch_size), desc="predict", disable=not progress):
+            part = inputs.select(slice(start, start + batch_size))
+            emb = self.encoder.encode(part.texts)
+            if scores == "encoder":
+                top_scores, top_ids = self.label_index.search(emb, min(k, self.n_labels))
+                out.append(csr_from_topk(top_scores, top_ids, self.n_labels))
+                continue
+            sparse_x = self.knn.featurizer.transform(part.texts, part.features) if self.knn is not None else None
+            cand, source_scores = scorer(emb, sparse_x, use_classifier_index=True, classifier_sparse=uses_sparse)
+            if scores == "classifier":
+                final = np.where(cand >= 0, source_scores["classifier"], -np.inf)
+            else:
+                final = self.fusion.combine(source_scores, cand)
+            out.append(csr_row_topk(csr_from_topk(final, cand, self.n_labels), k))
+        if not out:
+            return sp.csr_matrix((0, self.n_labels), dtype=np.float32)
+        return sp.vstack(out).tocsr()
+
+    # ------------------------------------------------------------------ storage
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        self.encoder.save(directory / "encoder")
+        atomic_save_npy(directory / "label_embeddings" / "embeddings.npy", self.label_embeddings)
+        self.label_index.save(directory / "label_embeddings" / "index")
+        if self.knn is not None:
+            self.knn.save(directory / "tfidf")
+        if self.classifiers is not None:
+            self.classifiers.save(directory / "classifiers")
+            if self.classifier_index is not None:
+                self.classifier_index.save(directory / "classifiers" / "index")
+        if self.fusion is not None:
+            self.fusion.save(directory / "fusion")
+        atomic_write_text(directory / "history.json", json.dumps(self.history, indent=2, default=float))
+        write_model_config(directory, self.method, self.config.to_dict(), self.n_labels,
+                           extra={"stages_trained": [1] + ([2] if self.classifiers is not None else [])})
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | None = None) -> NGAME:
+        directory = Path(directory)
+        meta = read_model_config(directory)
+        config = NGAMEConfig.from_dict(meta["config"])
+        emb_path = directory / "label_embeddings" / "embeddings.npy"
+        if not emb_path.exists():
+            raise ModelError(f"{directory}: label embeddings missing ({emb_path})")
+        encoder = load_encoder(directory / "encoder", device=device or "cpu")
+        label_embeddings = np.load(emb_path)
+        label_index = LabelIndex.load(directory / "label_embeddings" / "index")
+        knn = TfidfKNN.load(directory / "tfidf") if (directory / "tfidf").exists() else None
+        classifiers = classifier_index = fusion = None
+        if (directory / "classifiers").exists():
+            classifiers = LabelClassifiers.load(directory / "classifiers")
+            if (directory / "classifiers" / "index").exists():
+                classifier_index = LabelIndex.load(directory / "classifiers" / "index")
+            fusion = ScoreFusion.load(directory / "fusion")
+        history = json.loads((directory / "history.json").read_text()) if (directory / "history.json").exists() else {}
+        return cls(config, encoder, label_embeddings, label_index, knn, classifiers, classifier_index, fusion, history)

@@ -1,0 +1,25 @@
+"""Atomic training checkpoints: one file, replaced whole at the end of every epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xmine.errors import ModelError
+from xmine.utils import atomic_torch_save
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    atomic_torch_save(path, state)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad checkpoint
+        raise ModelError(f"{path}: unreadable checkpoint ({exc})") from exc

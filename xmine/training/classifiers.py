@@ -1,0 +1,174 @@
+"""The shortlist classifier loop, shared by NGAME stage 2 and MIPS negative sampling.
+
+Per batch: candidates = the points' positives + negatives from a pluggable `negatives(batch, step)`
+function (ANN shortlist + in-batch labels for NGAME; MIPS + uniform for the MIPS method);
+positives are never negatives; scores for the candidate pairs only; BCE or NGAME's triplet loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from xmine.classifiers import LabelClassifiers
+from xmine.config import ClassifierConfig
+from xmine.encoders.base import Encoder, Prepared
+from xmine.mining.mips import remove_positives_and_duplicates
+from xmine.training.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+MAX_POSITIVES_PER_STEP = 64  # a point with more positives contributes a random 64 of them per step
+
+
+@dataclass
+class ClassifierEpoch:
+    epoch: int
+    loss: float
+    seconds: float
+    points_per_s: float
+    negatives_seconds: float
+
+
+@dataclass
+class ClassifierHistory:
+    epochs: list[ClassifierEpoch] = field(default_factory=list)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [vars(e) for e in self.epochs]
+
+
+NegativeFn = Callable[[np.ndarray, np.ndarray | None, sp.csr_matrix, int, int], np.ndarray]
+"""negatives(batch_rows, batch_embeddings or None, batch_positives, epoch, global_step) -> (B, N) ids, -1 pad."""
+
+
+def positive_candidates(positives: sp.csr_matrix, rng: np.random.Generator,
+                        cap: int = MAX_POSITIVES_PER_STEP) -> np.ndarray:
+    """(B, P) positive label ids per row, -1 padded, at most `cap` (sampled) per row."""
+    lengths = np.diff(positives.indptr)
+    width = int(min(max(lengths.max(initial=0), 1), cap))
+    out = np.full((positives.shape[0], width), -1, dtype=np.int64)
+    for i in np.flatnonzero(lengths > 0):
+        row = positives.indices[positives.indptr[i]:positives.indptr[i + 1]]
+        if len(row) > cap:
+            row = rng.choice(row, size=cap, replace=False)
+        out[i, :len(row)] = row
+    return out
+
+
+def shortlist_loss(scores: torch.Tensor, is_positive: torch.Tensor, valid: torch.Tensor, config: ClassifierConfig
+                   ) -> torch.Tensor:
+    if config.loss == "bce":
+        loss = nn.functional.binary_cross_entropy_with_logits(scores, is_positive.float(), reduction="none")
+        return (loss * valid).sum() / valid.sum().clamp_min(1)
+    # NGAME stage 2: the `triplet_positives` lowest-scored positives x `triplet_negatives` highest negatives
+    big = 1e4
+    pos_scores = scores.masked_fill(~(is_positive & valid), big)
+    neg_scores = scores.masked_fill(~(~is_positive & valid), -big)
+    hard_pos, _ = pos_scores.topk(min(config.triplet_positives, scores.shape[1]), dim=1, largest=False)
+    hard_neg, _ = neg_scores.topk(min(config.triplet_negatives, scores.shape[1]), dim=1)
+    pair_valid = (hard_pos < big / 2).unsqueeze(2) & (hard_neg > -big / 2).unsqueeze(1)
+    hinge = torch.relu(hard_neg.unsqueeze(1) - hard_pos.unsqueeze(2) + config.margin) * pair_valid
+    return hinge.sum() / pair_valid.sum().clamp_min(1)
+
+
+def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, config: ClassifierConfig,
+                      negatives: NegativeFn, embeddings: np.ndarray | None = None,
+                      sparse_features: sp.csr_matrix | None = None, encoder: Encoder | None = None,
+                      point_inputs: Prepared | None = None, checkpoint_path: str | Path | None = None,
+                      resume: bool = False, progress: bool = True,
+                      on_step: Callable[[int], None] | None = None,
+                      on_epoch_start: Callable[[int, int], None] | None = None) -> ClassifierHistory:
+    """Train `classifiers` in place on the (n, L) `labels`.
+
+    Dense inputs come either from fixed `embeddings` (frozen encoder) or from `encoder` applied to
+    `point_inputs` (fine-tuned jointly). `on_step(global_step)` runs before every step and
+    `on_epoch_start(epoch, global_step)` before every epoch (the MIPS method rebuilds its index there)."""
+    labels = sp.csr_matrix(labels)
+    keep = np.flatnonzero(np.diff(labels.indptr) > 0)
+    trainable_encoder = encoder is not None and config.finetune_encoder
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(classifiers.dense_parameters(), lr=config.lr)]
+    if classifiers.use_sparse:
+        optimizers.append(torch.optim.Adagrad(classifiers.sparse_parameters(), lr=config.lr_sparse))
+    if trainable_encoder:
+        # the encoder learns slower than the freshly initialised classifiers
+        optimizers += encoder.make_optimizers(config.lr / 10, config.lr / 20)
+    history = ClassifierHistory()
+    first_epoch, step = 0, 0
+    if resume and checkpoint_path is not None:
+        state = load_checkpoint(checkpoint_path)
+        if state is not None:
+            classifiers.load_state_dict(state["classifiers"])
+            for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+                opt.load_state_dict(opt_state)
+            if trainable_encoder:
+                encoder.load_state_dict(state["encoder"])
+            history = ClassifierHistory([ClassifierEpoch(**e) for e in state["history"]])
+            first_epoch, step = state["epoch"] + 1, state["step"]
+    device = classifiers.bias.device
+    for epoch in range(first_epoch, config.epochs):
+        start = time.perf_counter()
+        rng = np.random.default_rng([config.seed, epoch, 7])
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        if on_epoch_start is not None:
+            on_epoch_start(epoch, step)
+        order = rng.permutation(keep)
+        total, steps, neg_seconds = 0.0, 0, 0.0
+        classifiers.train()
+        if trainable_encoder:
+            encoder.train()
+        bar = tqdm(range(0, len(order), config.batch_size), desc=f"classifiers {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=False, unit="batch")
+        for begin in bar:
+            rows = order[begin:begin + config.batch_size]
+            if on_step is not None:
+                on_step(step)
+            batch_pos = labels[rows]
+            if trainable_encoder:
+                emb_t = encoder(point_inputs.select(rows))
+                emb_np = emb_t.detach().cpu().numpy()
+            else:
+                emb_np = embeddings[rows] if embeddings is not None else None
+                emb_t = torch.from_numpy(emb_np).to(device) if emb_np is not None else None
+            t0 = time.perf_counter()
+            neg = remove_positives_and_duplicates(negatives(rows, emb_np, batch_pos, epoch, step), batch_pos)
+            neg_seconds += time.perf_counter() - t0
+            pos = positive_candidates(batch_pos, rng)
+            candidates = np.concatenate([pos, neg], axis=1)
+            is_positive = torch.from_numpy(np.concatenate([pos >= 0, np.zeros_like(neg, dtype=bool)], axis=1))
+            valid = torch.from_numpy(candidates >= 0)
+            sparse_x = sparse_features[rows] if sparse_features is not None else None
+            scores = classifiers.score(emb_t, sparse_x, candidates)
+            loss = shortlist_loss(scores, is_positive.to(device), valid.to(device), config)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            total += float(loss.detach())
+            steps += 1
+            step += 1
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        seconds = time.perf_counter() - start
+        record = ClassifierEpoch(epoch, total / max(steps, 1), seconds, len(keep) / max(seconds, 1e-9), neg_seconds)
+        history.epochs.append(record)
+        log.info("classifiers epoch %d/%d: loss %.4f, %.1fs (%.0f points/s, negatives %.1fs)", epoch + 1,
+                 config.epochs, record.loss, seconds, record.points_per_s, neg_seconds)
+        if checkpoint_path is not None:
+            state = {"epoch": epoch, "step": step, "classifiers": classifiers.state_dict(),
+                     "optimizers": [o.state_dict() for o in optimizers], "history": history.to_list()}
+            if trainable_encoder:
+                state["encoder"] = encoder.state_dict()
+            save_checkpoint(checkpoint_path, state)
+    classifiers.eval()
+    return history

@@ -1,0 +1,169 @@
+"""NGAME stage 1: train the Siamese encoder with negative-mining-aware mini-batches.
+
+Per epoch: (at refresh epochs) re-embed the training points -> re-cluster -> for each batch of
+points: pair every point with one of its positives (sampled afresh each epoch), encode points and
+labels, in-batch similarities, loss with co-positives masked, step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from xmine.config import SiameseConfig
+from xmine.encoders.base import Encoder, Prepared
+from xmine.errors import XmineError
+from xmine.losses import build_siamese_loss, in_batch_spread
+from xmine.mining.clusters import ClusterBatchSampler, ClusterSchedule
+from xmine.training.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    loss_name: str
+    seconds: float
+    points_per_s: float
+    cluster_size: int | None
+    refresh_seconds: float
+    pos_cos: float
+    neg_cos: float
+    gap: float
+
+
+@dataclass
+class SiameseHistory:
+    epochs: list[EpochRecord] = field(default_factory=list)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [vars(e) for e in self.epochs]
+
+
+def sample_one_positive(labels: sp.csr_matrix, rng: np.random.Generator) -> np.ndarray:
+    """One positive label per row, uniformly among the row's labels (rows must be non-empty)."""
+    lengths = np.diff(labels.indptr)
+    offsets = (rng.random(labels.shape[0]) * lengths).astype(np.int64)
+    return labels.indices[labels.indptr[:-1] + offsets]
+
+
+def co_positive_mask(labels: sp.csr_matrix, points: np.ndarray, batch_labels: np.ndarray) -> torch.Tensor:
+    """(B, B) bool: label batch_labels[j] is a positive of point points[i]."""
+    block = labels[points][:, batch_labels]
+    mask = np.asarray(block.toarray() > 0)
+    np.fill_diagonal(mask, True)
+    return torch.from_numpy(mask)
+
+
+def loss_name_at(config: SiameseConfig, epoch: int) -> str:
+    if config.loss == "infonce_then_triplet":
+        return "infonce" if epoch < int(round(config.warmup_fraction * config.epochs)) else "triplet"
+    return config.loss
+
+
+def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, labels: sp.csr_matrix,
+                  config: SiameseConfig, checkpoint_path: str | Path | None = None, resume: bool = False,
+                  progress: bool = True) -> SiameseHistory:
+    """Train `encoder` in place. `labels` is the (n_points, n_labels) training label matrix;
+    points without a label are skipped. With `checkpoint_path`, the state is saved atomically after
+    every epoch, and `resume=True` continues from it with the same result as an uninterrupted run."""
+    labels = sp.csr_matrix(labels)
+    keep = np.flatnonzero(np.diff(labels.indptr) > 0)
+    if keep.size < 2:
+        raise XmineError("Siamese training needs at least 2 training points with labels")
+    labels = labels[keep]
+    points = points.select(keep)
+    device = encoder.device
+    schedule = ClusterSchedule(config.schedule, config.epochs)
+    sampler = ClusterBatchSampler(len(keep), config.batch_size, seed=config.seed)
+    if config.batching == "clusters":
+        too_big = [s for s in schedule.sizes if s > len(keep)]
+        if too_big:
+            raise XmineError(f"cluster size {too_big[0]} is larger than the training set ({len(keep)} points)")
+    optimizers = encoder.make_optimizers(config.lr, config.lr_embeddings, config.weight_decay)
+    dense_params = [p for g in encoder.parameter_groups(config.lr, config.lr_embeddings) for p in g["params"]]
+    use_amp = config.mixed_precision and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history = SiameseHistory()
+    first_epoch = 0
+    if resume and checkpoint_path is not None:
+        state = load_checkpoint(checkpoint_path)
+        if state is not None:
+            encoder.load_state_dict(state["encoder"])
+            for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+                opt.load_state_dict(opt_state)
+            sampler.load_state_dict(state["sampler"])
+            history = SiameseHistory([EpochRecord(**e) for e in state["history"]])
+            first_epoch = state["epoch"] + 1
+            log.info("resuming Siamese training at epoch %d", first_epoch)
+
+    for epoch in range(first_epoch, config.epochs):
+        start = time.perf_counter()
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout etc. reproducible across resumes
+        rng = np.random.default_rng([config.seed, epoch])
+        sampler.set_epoch(epoch)
+        refresh_seconds = 0.0
+        cluster_size = schedule.cluster_size(epoch) if config.batching == "clusters" else None
+        if config.batching == "clusters" and schedule.is_refresh_epoch(epoch):
+            t0 = time.perf_counter()
+            sampler.update(encoder.encode(points, progress=False), cluster_size)
+            refresh_seconds = time.perf_counter() - t0
+        positives = sample_one_positive(labels, rng)
+        loss_name = loss_name_at(config, epoch)
+        loss_fn = build_siamese_loss(loss_name, config.margin, config.num_negatives, config.softmax_tau,
+                                     config.temperature)
+        encoder.train()
+        total, steps, spread_sum = 0.0, 0, np.zeros(3)
+        bar = tqdm(sampler, total=len(sampler), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                   leave=False, unit="batch")
+        for batch in bar:
+            if len(batch) < 2:
+                continue
+            batch_labels = positives[batch]
+            mask = co_positive_mask(labels, batch, batch_labels).to(device)
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                point_emb = encoder(points.select(batch))
+                label_emb = encoder(label_inputs.select(batch_labels))
+                similarity = point_emb.float() @ label_emb.float().T
+                loss = loss_fn(similarity, mask)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            for opt in optimizers:
+                scaler.unscale_(opt)
+            if config.grad_clip and dense_params:
+                torch.nn.utils.clip_grad_norm_(dense_params, config.grad_clip)
+            for opt in optimizers:
+                scaler.step(opt)
+            scaler.update()
+            spread = in_batch_spread(similarity.detach(), mask)
+            spread_sum += (spread["pos_cos"], spread["neg_cos"], spread["gap"])
+            total += float(loss.detach())
+            steps += 1
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        seconds = time.perf_counter() - start
+        pos_cos, neg_cos, gap = spread_sum / max(steps, 1)
+        record = EpochRecord(epoch=epoch, loss=total / max(steps, 1), loss_name=loss_name, seconds=seconds,
+                             points_per_s=len(keep) / max(seconds, 1e-9), cluster_size=cluster_size,
+                             refresh_seconds=refresh_seconds, pos_cos=float(pos_cos), neg_cos=float(neg_cos),
+                             gap=float(gap))
+        history.epochs.append(record)
+        log.info("stage 1 epoch %d/%d: %s loss %.4f, %.1fs (%.0f points/s), clusters %s (refresh %.1fs), "
+                 "in-batch cos pos %.3f neg %.3f", epoch + 1, config.epochs, loss_name, record.loss, seconds,
+                 record.points_per_s, cluster_size, refresh_seconds, pos_cos, neg_cos)
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, {"epoch": epoch, "encoder": encoder.state_dict(),
+                                              "optimizers": [o.state_dict() for o in optimizers],
+                                              "sampler": sampler.state_dict(), "history": history.to_list()})
+    encoder.eval()
+    return history
