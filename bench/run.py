@@ -1,0 +1,208 @@
+"""The side-by-side benchmark: xmine's methods and the peer libraries, same data, same run, this machine.
+
+  python bench/run.py                       # main suite, all datasets (about an hour on 2 cores)
+  python bench/run.py --quick               # minutes: HPO and Bibtex, short schedules
+  python bench/run.py --suite mips          # MIPS negative-sampling ablation
+  python bench/run.py --suite ngame         # NGAME stage-1 ablation (random vs cluster batches, losses)
+  python bench/run.py --update-readme       # also rewrite the README's results table
+
+Every run is its own process (peak memory is that run's alone) and writes bench/results/<suite>/<run>.json;
+existing results are reused unless --force. Peers run in their own virtual environment (bench/setup_peers.sh),
+on TF-IDF features computed by bench/prepare_features.py from the same training texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+DATA = Path(os.environ.get("XMINE_BENCH_DATA", REPO.parent / "shared" / "data"))
+PEERS_PY = BENCH / ".venv-peers" / "bin" / "python"
+
+# (key, folder, text variant, has real text)
+DATASETS = {
+    "hpo": ("hpo-disease-phenotype", "full", True),
+    "debian-title": ("debian-related", "title", True),
+    "debian-full": ("debian-related", "full", True),
+    "delicious": ("mldr-delicious", "full", False),
+    "bibtex": ("mldr-bibtex", "full", False),
+}
+QUICK_SETS = ["siamese.epochs=6", "classifier.epochs=3"]
+
+
+def xmine_runs(suite: str, dataset: str, quick: bool) -> list[tuple[str, str, list[str]]]:
+    """(label, method, --set overrides) of the xmine runs of a suite on a dataset."""
+    extra = QUICK_SETS if quick else []
+    if suite == "main":
+        runs = [("knn baseline", "knn", []),
+                ("NGAME", "ngame", extra),
+                ("NGAME stage 1, random batches", "ngame", ["stages=[1]", "siamese.batching=random"] + extra[:1]),
+                ("MIPS negatives", "mips", ["classifier.epochs=3"] if quick else [])]
+        if DATASETS[dataset][2]:
+            runs.insert(1, ("MiniLM zero-shot", "zeroshot", []))
+        return runs
+    if suite == "ngame":
+        base = ["stages=[1]"] + extra[:1]
+        return [("stage 1 clusters, InfoNCE", "ngame", base),
+                ("stage 1 random, InfoNCE", "ngame", base + ["siamese.batching=random"]),
+                ("stage 1 clusters, triplet (paper)", "ngame", base + ["siamese.loss=triplet"]),
+                ("stage 1 clusters, InfoNCE then triplet", "ngame", base + ["siamese.loss=infonce_then_triplet"]),
+                ("stage 1 cached MiniLM, clusters", "ngame", base + ["encoder.kind=cached"]),
+                ("stage 1 cached MiniLM, random", "ngame", base + ["encoder.kind=cached", "siamese.batching=random"])]
+    if suite == "mips":
+        ep = ["classifier.epochs=3"] if quick else []
+        return [("uniform only", "mips", ep + ["mips.mips_negatives=0", "mips.uniform_negatives=205"]),
+                ("MIPS only, reindex 50", "mips", ep + ["mips.mips_negatives=100", "mips.uniform_negatives=0",
+                                                       "mips.reindex_every=50"]),
+                ("MIPS only, reindex 500", "mips", ep + ["mips.mips_negatives=100", "mips.uniform_negatives=0",
+                                                        "mips.reindex_every=500"]),
+                ("mix 5 MIPS + 200 uniform", "mips", ep),
+                ("mix, no warm-up", "mips", ep + ["mips.warmup_epochs=0"])]
+    raise SystemExit(f"unknown suite {suite}")
+
+
+def run(cmd: list[str], log: Path) -> bool:
+    print("  $", " ".join(cmd), flush=True)
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"})
+    if proc.returncode != 0:
+        print(f"  FAILED (see {log})", flush=True)
+    return proc.returncode == 0
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def run_suite(suite: str, datasets: list[str], quick: bool, force: bool, peers: bool, threads: int) -> list[dict]:
+    out_dir = BENCH / "results" / (suite + ("-quick" if quick else ""))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for key in datasets:
+        folder, variant, _ = DATASETS[key]
+        data = DATA / folder
+        print(f"== {key} ({data}, {variant})", flush=True)
+        for label, method, sets in xmine_runs(suite, key, quick):
+            out = out_dir / f"{key}__{slug(label)}.json"
+            if force or not out.exists():
+                cmd = [sys.executable, str(BENCH / "run_xmine.py"), "--method", method, "--data", str(data),
+                       "--text-variant", variant, "--label", label, "--threads", str(threads), "--out", str(out)]
+                for s in sets:
+                    cmd += ["--set", s]
+                run(cmd, out.with_suffix(".log"))
+            if out.exists():
+                results.append({**json.loads(out.read_text()), "dataset_key": key})
+        if peers and suite == "main":
+            results += run_peers(key, data, variant, out_dir, force, threads)
+    return results
+
+
+def run_peers(key: str, data: Path, variant: str, out_dir: Path, force: bool, threads: int) -> list[dict]:
+    if not PEERS_PY.exists():
+        print("  peers skipped: run bash bench/setup_peers.sh first", flush=True)
+        return []
+    feats = out_dir / "features" / key
+    if force or not (feats / "meta.json").exists():
+        run([sys.executable, str(BENCH / "prepare_features.py"), "--data", str(data), "--text-variant", variant,
+             "--out", str(feats)], out_dir / f"{key}__features.log")
+    results = []
+    for method, label in (("pecos", "PECOS XR-Linear"), ("omikuji", "Omikuji Parabel"), ("napkinxc", "napkinXC PLT")):
+        out = out_dir / f"{key}__peer-{method}.json"
+        if force or not out.exists():
+            ok = run([str(PEERS_PY), str(BENCH / "peers.py"), "--method", method, "--features-dir", str(feats),
+                      "--threads", str(threads), "--out", str(out)], out.with_suffix(".log"))
+            if ok:
+                score = subprocess.run([sys.executable, str(BENCH / "score_predictions.py"), "--data", str(data),
+                                        "--text-variant", variant, "--pred", str(feats / f"pred_{method}.npz")],
+                                       capture_output=True, text=True, cwd=REPO,
+                                       env={**os.environ, "PYTHONPATH": str(REPO)})
+                peer = json.loads(out.read_text())
+                peer["metrics"] = {"model": json.loads(score.stdout.strip().splitlines()[-1])}
+                peer["label"] = label
+                out.write_text(json.dumps(peer, indent=2))
+        if out.exists():
+            results.append({**json.loads(out.read_text()), "dataset_key": key})
+    return results
+
+
+def table(results: list[dict]) -> str:
+    head = ("| dataset | method | scores | P@1 | P@3 | P@5 | nDCG@5 | PSP@1 | PSP@3 | PSP@5 | train s | "
+            "predict pts/s | latency p50/p99 ms | peak MiB | model MiB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        for kind, m in r.get("metrics", {}).items():
+            first = kind == next(iter(r["metrics"]))
+            timing = [f"{r.get('train_seconds', 0):.0f}", f"{r.get('predict_points_per_s', 0):.0f}",
+                      f"{r.get('latency_ms_p50', 0):.1f} / {r.get('latency_ms_p99', 0):.1f}",
+                      f"{r.get('peak_rss_mb', 0):.0f}",
+                      "" if r.get("model_size_mb") is None else f"{r['model_size_mb']:.0f}"] if first else [""] * 5
+            cells = [r["dataset_key"], r["label"] if first else "", kind if kind != "model" else ""]
+            cells += [f"{m.get(k, float('nan')):.2f}" for k in ("P@1", "P@3", "P@5", "nDCG@5", "PSP@1", "PSP@3",
+                                                                 "PSP@5")]
+            lines.append("| " + " | ".join(cells + timing) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    except ImportError:
+        gpu = "no GPU"
+    return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), {mem:.0f} GiB RAM, {gpu}"
+
+
+def update_readme(text: str) -> None:
+    readme = REPO / "README.md"
+    content = readme.read_text()
+    start, end = "<!-- BENCH:START -->", "<!-- BENCH:END -->"
+    new = content[:content.index(start) + len(start)] + "\n" + text + "\n" + content[content.index(end):]
+    readme.write_text(new)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=["main", "ngame", "mips"], default="main")
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--force", action="store_true", help="re-run even if a result exists")
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--update-readme", action="store_true")
+    args = parser.parse_args()
+    datasets = args.datasets or (["hpo", "bibtex"] if args.quick else list(DATASETS))
+    start = time.time()
+    results = run_suite(args.suite, datasets, args.quick, args.force, not args.no_peers, args.threads)
+    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    text = (f"Measured {dt.date.today().isoformat()} on {machine()}, {args.threads} threads per run, "
+            f"with `{command.strip()}` (suite `{args.suite}`{', quick' if args.quick else ''}). "
+            "Test split of each dataset; metrics in %; PSP with A=0.55, B=1.5; filter_labels applied. "
+            "Peers on TF-IDF word 1–2-gram features (sublinear tf, min_df 2, L2 rows) of the same training texts, "
+            "given features for Delicious/Bibtex; xmine on raw text (plus those TF-IDF features in its "
+            "classifiers). For NGAME, `scores` shows the fused model and its two inputs.\n\n" + table(results))
+    suffix = "-quick" if args.quick else ""
+    (BENCH / "results" / f"{args.suite}{suffix}.md").write_text(text + "\n")
+    (BENCH / "results" / f"{args.suite}{suffix}.json").write_text(json.dumps(results, indent=2, default=float))
+    print(text)
+    print(f"\n(total {time.time() - start:.0f}s)")
+    if args.update_readme:
+        if args.suite != "main":
+            raise SystemExit("--update-readme rewrites the main results table; use it with --suite main")
+        update_readme(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Train, predict and evaluate ONE xmine method on ONE dataset, in this process, and write a JSON result.
+
+Run by bench/run.py, one process per run, so that the peak resident memory is this run's alone.
+
+  python bench/run_xmine.py --method ngame --data DIR [--text-variant title] [--set key=value ...] --out R.json
+  methods: knn, ngame, mips, zeroshot (the pretrained transformer, untrained: encoder similarity only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xmine.cli import _setup_logging, build_config, train_model
+from xmine.config import EncoderConfig, IndexConfig
+from xmine.data import load_dataset
+from xmine.metrics import evaluate, inverse_propensity
+from xmine.utils import peak_rss_mb, set_threads
+
+KS = (1, 3, 5)
+
+
+def dir_size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def latency_ms(predict_one, texts: list[str], n: int = 200) -> tuple[float, float]:
+    times = []
+    for text in texts[:n]:
+        start = time.perf_counter()
+        predict_one(text)
+        times.append(1000 * (time.perf_counter() - start))
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def zero_shot(ds, args) -> dict:
+    from xmine.encoders import build_encoder
+    from xmine.index import LabelIndex
+    from xmine.topk import csr_from_topk
+
+    start = time.perf_counter()
+    encoder = build_encoder(EncoderConfig(kind="transformer", num_threads=args.threads))
+    index = LabelIndex.build(encoder.encode(ds.label_texts, progress=False), IndexConfig())
+    setup = time.perf_counter() - start
+    start = time.perf_counter()
+    scores, ids = index.search(encoder.encode(ds.test.texts), 100)
+    pred = csr_from_topk(scores, ids, ds.n_labels)
+    seconds = time.perf_counter() - start
+    p50, p99 = latency_ms(lambda t: index.search(encoder.encode([t]), 100), ds.test.texts)
+    return {"train_seconds": setup, "predictions": {"encoder": pred}, "predict_seconds": seconds,
+            "latency_ms_p50": p50, "latency_ms_p99": p99, "model_size_mb": None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--method", required=True, choices=["knn", "ngame", "mips", "zeroshot"])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--text-variant", default="full")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--label", default=None, help="name of this run in the tables")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    _setup_logging(True)
+    logging.getLogger("xmine").setLevel(logging.INFO)
+    set_threads(args.threads)
+    ds = load_dataset(args.data, text_variant=args.text_variant)
+    inv_p = inverse_propensity(ds.train.labels)
+    result: dict = {"method": args.method, "label": args.label or args.method, "dataset": ds.name,
+                    "text_variant": ds.text_variant, "overrides": args.set, "threads": args.threads,
+                    "n_train": ds.train.n_points, "n_test": ds.test.n_points, "n_labels": ds.n_labels}
+    if args.method == "zeroshot":
+        run = zero_shot(ds, args)
+    else:
+        flags = {"threads": args.threads} if args.method != "knn" else {}
+        config = build_config(args.method, None, args.set, flags)
+        result["config"] = config.to_dict()
+        model_dir = Path(tempfile.mkdtemp(prefix="xmine-bench-"))
+        start = time.perf_counter()
+        model = train_model(args.method, ds, config, model_dir, progress=False)
+        train_seconds = time.perf_counter() - start
+        model.save(model_dir)
+        history = getattr(model, "history", {})
+        result["history"] = {k: v for k, v in history.items() if k not in ("stage2",)}
+        kinds = ["fused", "encoder", "classifier"] if args.method == "ngame" and model.classifiers is not None \
+            else (["encoder"] if args.method == "ngame" else [None])
+        preds, predict_seconds = {}, None
+        for kind in kinds:
+            start = time.perf_counter()
+            preds[kind or "model"] = model.predict(ds.test, k=100, **({"scores": kind} if kind else {}))
+            if predict_seconds is None:
+                predict_seconds = time.perf_counter() - start
+        first_kind = {"scores": kinds[0]} if kinds[0] else {}
+        p50, p99 = latency_ms(lambda text: model.predict([text], k=100, **first_kind), ds.test.texts or [])
+        run = {"train_seconds": train_seconds, "predictions": preds, "predict_seconds": predict_seconds,
+               "latency_ms_p50": p50, "latency_ms_p99": p99, "model_size_mb": dir_size_mb(model_dir)}
+        shutil.rmtree(model_dir, ignore_errors=True)
+    result.update({k: v for k, v in run.items() if k != "predictions"})
+    result["predict_points_per_s"] = ds.test.n_points / max(run["predict_seconds"], 1e-9)
+    result["metrics"] = {kind: evaluate(pred, ds.test.labels, ks=KS, inv_propensity=inv_p,
+                                        filter_pairs=ds.test.filter_pairs)
+                         for kind, pred in run["predictions"].items()}
+    result["peak_rss_mb"] = peak_rss_mb()
+    Path(args.out).write_text(json.dumps(result, indent=2, default=float))
+    main_kind = next(iter(result["metrics"]))
+    m = result["metrics"][main_kind]
+    print(f"{result['label']} on {ds.name}/{ds.text_variant}: P@1 {m['P@1']:.2f} PSP@5 {m['PSP@5']:.2f} "
+          f"train {result['train_seconds']:.0f}s peak {result['peak_rss_mb']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
