@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from xmine.config import TfidfConfig
-from xmine.data import load_dataset
-from xmine.features import TfidfFeaturizer
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))  # run from a checkout without `pip install -e`
 
 
 def _binary(y: sp.csr_matrix) -> sp.csr_matrix:
@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text-variant", default="full", choices=["full", "title"])
     ap.add_argument("--out", required=True, help="output features directory")
     args = ap.parse_args(argv)
+    from xmine.config import TfidfConfig
+    from xmine.data import load_dataset
+    from xmine.features import TfidfFeaturizer
 
     t0 = time.perf_counter()
     ds = load_dataset(args.data, text_variant=args.text_variant)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import scipy.sparse as sp
 
-from xmine.data import load_dataset
-from xmine.metrics import evaluate, inverse_propensity
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))  # run from a checkout without `pip install -e`
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,10 +26,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--text-variant", default="full", choices=["full", "title"])
     ap.add_argument("--pred", required=True)
     args = ap.parse_args(argv)
+    from xmine.data import load_dataset
+    from xmine.metrics import evaluate, inverse_propensity
+
     ds = load_dataset(args.data, text_variant=args.text_variant)
     pred = sp.load_npz(args.pred).tocsr()
-    m = evaluate(pred, ds.test.labels, ks=(1, 3, 5), inv_propensity=inverse_propensity(ds.train.labels),
-                 filter_pairs=ds.test.filter_pairs)
+    m = evaluate(
+        pred,
+        ds.test.labels,
+        ks=(1, 3, 5),
+        inv_propensity=inverse_propensity(ds.train.labels),
+        filter_pairs=ds.test.filter_pairs,
+    )
     print(json.dumps({k: round(float(v), 4) for k, v in m.items()}))
 
 

@@ -21,13 +21,14 @@ fi
 
 # Smoke test: every peer imports.
 "$VENV/bin/python" - <<'EOF'
-import napkinxc
-import numpy
-import omikuji
-import scipy
+from importlib.metadata import version
+
+import napkinxc  # noqa: F401
+import numpy  # noqa: F401
+import omikuji  # noqa: F401
 from pecos.xmc.xlinear.model import XLinearModel  # noqa: F401
 
-print("numpy", numpy.__version__, "scipy", scipy.__version__, "napkinxc", napkinxc.__version__, "omikuji", omikuji)
+print({p: version(p) for p in ("libpecos", "omikuji", "napkinxc", "numpy", "scipy")})
 EOF
 
 touch "$VENV/.ok"
