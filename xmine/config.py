@@ -231,7 +231,7 @@ class SiameseConfig(Params):
     epochs: int = 20
     batch_size: int = 512
     lr: float = 3e-3  # head / transformer layers
-    lr_embeddings: float = 5e-4  # bow token-embedding table (a lower rate keeps MiniLM's init)
+    lr_embeddings: float = 2e-3  # bow token-embedding table (SparseAdam)
     weight_decay: float = 0.01
     loss: Literal["triplet", "infonce", "infonce_then_triplet"] = "infonce"
     margin: float = 0.3
@@ -286,12 +286,15 @@ class ClassifierConfig(Params):
     margin: float = 0.2
     triplet_positives: int = 3
     triplet_negatives: int = 5
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int = 256
     lr: float = 1e-2  # dense part and biases (Adam)
     lr_sparse: float = 0.5  # sparse hashed part (Adagrad)
     hash_buckets: int = 1 << 22
     shortlist_size: int = 100  # ANN candidates per point in training and prediction
+    # NGAME stage 2: also train against the top labels of the CURRENT classifier vectors (a MIPS search
+    # refreshed every epoch): prediction shortlists from the classifier index, so those labels must be trained
+    classifier_index_negatives: int = 10
     finetune_encoder: bool = False
     seed: int = 0
 
@@ -299,6 +302,7 @@ class ClassifierConfig(Params):
         super().validate()
         _positive(self, "epochs", "batch_size", "lr", "lr_sparse", "hash_buckets", "shortlist_size",
                   "triplet_positives", "triplet_negatives")
+        _non_negative(self, "classifier_index_negatives")
 
 
 @dataclass
