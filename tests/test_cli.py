@@ -1,0 +1,70 @@
+"""The command line end to end, in-process (xmine.cli.main) on a small real dataset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from xmine.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_predict_evaluate_knn(small_hpo, tmp_path, capsys):
+    model = tmp_path / "model"
+    code, out, _ = run(capsys, "-q", "train", "--method", "knn", "--data", str(small_hpo), "--out", str(model))
+    assert code == 0 and "trained knn" in out
+    meta = json.loads((model / "config.json").read_text())
+    assert meta["method"] == "knn" and meta["xmine_version"] and meta["config"]["neighbours"] == 50
+    pred = tmp_path / "pred.npz"
+    code, out, _ = run(capsys, "-q", "predict", "--model", str(model), "--data", str(small_hpo), "--out", str(pred),
+                       "-k", "20")
+    assert code == 0 and pred.exists()
+    code, out, _ = run(capsys, "evaluate", "--data", str(small_hpo), "--pred", str(pred), "--json")
+    metrics = json.loads(out)
+    assert code == 0 and {"P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "R@10"} <= set(metrics)
+    assert "R@100" not in metrics  # only 20 predictions per point were asked for
+    assert metrics["P@1"] > 20
+
+
+def test_data_stats_prints_the_counts(small_hpo, capsys):
+    code, out, _ = run(capsys, "data", "stats", str(small_hpo), "--json")
+    stats = json.loads(out)
+    assert code == 0 and stats["n_train"] == 2000 and stats["n_test"] == 500
+
+
+def test_print_default_config_applies_flags_and_overrides(capsys):
+    code, out, _ = run(capsys, "train", "--print-default-config", "--epochs", "3", "--set", "siamese.lr=0.01",
+                       "--batching", "random", "--stages", "1")
+    config = json.loads(out)
+    assert code == 0
+    assert config["siamese"]["epochs"] == 3 and config["siamese"]["lr"] == 0.01
+    assert config["siamese"]["batching"] == "random" and config["stages"] == [1]
+
+
+def test_paper_preset_by_name(capsys):
+    code, out, _ = run(capsys, "train", "--config", "ngame-paper", "--print-default-config")
+    assert code == 0 and json.loads(out)["siamese"]["batch_size"] == 1600
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--print-default-config", "--set", "siamese.nope=1"], "unknown config key"),
+    (["train", "--print-default-config", "--set", "siamese.loss=hinge"], "not one of"),
+    (["train", "--method", "knn", "--print-default-config", "--epochs", "3"], "does not apply"),
+    (["evaluate", "--data", "/nonexistent-dir", "--pred", "x.npz"], "nonexistent-dir"),
+])
+def test_bad_input_is_a_one_line_error_not_a_traceback(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_bad_prediction_file_is_a_clear_error(small_hpo, tmp_path, capsys):
+    bad = tmp_path / "pred.npz"
+    bad.write_text("not a zip")
+    code, _, err = run(capsys, "evaluate", "--data", str(small_hpo), "--pred", str(bad))
+    assert code == 1 and "not a prediction file" in err
