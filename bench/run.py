@@ -32,10 +32,10 @@ PEERS_PY = BENCH / ".venv-peers" / "bin" / "python"
 # (key, folder, text variant, has real text)
 DATASETS = {
     "hpo": ("hpo-disease-phenotype", "full", True),
+    "bibtex": ("mldr-bibtex", "full", False),
+    "delicious": ("mldr-delicious", "full", False),
     "debian-title": ("debian-related", "title", True),
     "debian-full": ("debian-related", "full", True),
-    "delicious": ("mldr-delicious", "full", False),
-    "bibtex": ("mldr-bibtex", "full", False),
 }
 QUICK_SETS = ["siamese.epochs=6", "classifier.epochs=3"]
 
@@ -48,7 +48,7 @@ def xmine_runs(suite: str, dataset: str, quick: bool) -> list[tuple[str, str, li
                 ("NGAME", "ngame", extra),
                 ("NGAME stage 1, random batches", "ngame", ["stages=[1]", "siamese.batching=random"] + extra[:1]),
                 ("MIPS negatives", "mips", ["classifier.epochs=3"] if quick else [])]
-        if DATASETS[dataset][2]:
+        if dataset in ("hpo", "debian-title"):  # the transformer sees at most 32 tokens: titles suffice
             runs.insert(1, ("MiniLM zero-shot", "zeroshot", []))
         return runs
     if suite == "ngame":

@@ -48,6 +48,9 @@ def compact(candidates: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+POSITIVE_ROOM = 32
+
+
 class MIPSNegativeSampler:
     def __init__(self, n_labels: int, mips_negatives: int = 5, uniform_negatives: int = 200,
                  index_config: IndexConfig | None = None, seed: int = 0) -> None:
@@ -77,7 +80,9 @@ class MIPSNegativeSampler:
         if self.index is None:
             raise XmineError("MIPSNegativeSampler.rebuild() must be called before sampling hard negatives")
         max_pos = int(np.diff(positives.indptr).max()) if positives.nnz else 0
-        k = min(self.mips_negatives + max_pos, self.n_labels)
+        # room for the positives that can crowd the top; capped because a large k makes the search slow
+        # (a point with more than `POSITIVE_ROOM` positives among its top labels gets fewer hard negatives)
+        k = min(self.mips_negatives + min(max_pos, max(POSITIVE_ROOM, self.mips_negatives)), self.n_labels)
         _, ids = self.index.search(queries, k)
         return compact(remove_positives_and_duplicates(ids, positives), self.mips_negatives)
 

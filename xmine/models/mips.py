@@ -112,7 +112,7 @@ class MIPSClassifier(XMCModel):
         return cls(config, encoder, classifiers, index, knn, history)
 
     @torch.no_grad()
-    def predict(self, inputs: Any, k: int = 100, batch_size: int = 2048, progress: bool = False) -> sp.csr_matrix:
+    def predict(self, inputs: Any, k: int = 100, batch_size: int = 512, progress: bool = False) -> sp.csr_matrix:
         """Candidates from the MIPS index over the classifier vectors (plus TF-IDF neighbours' labels
         when the classifiers use sparse features), scored exactly by the classifiers."""
         inputs = Inputs.of(inputs)

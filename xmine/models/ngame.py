@@ -57,10 +57,11 @@ class ShortlistScorer:
 
     @torch.no_grad()
     def __call__(self, emb: np.ndarray, sparse_x: sp.csr_matrix | None, use_classifier_index: bool,
-                 classifier_sparse: bool, exclude_rows: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                 classifier_sparse: bool, exclude_rows: np.ndarray | None = None, with_scores: bool = True,
+                 chunk: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Candidates (n, C) from the label-embedding ANN (+ classifier ANN, + TF-IDF neighbours' labels)
-        and each candidate's scores per source: "encoder", "knn" and (with classifiers) "classifier"."""
+        and each candidate's scores per source: "encoder", "knn" and (with classifiers) "classifier".
+        Scores are computed `chunk` rows at a time, which bounds the memory of the gathered label vectors."""
         k = min(self.shortlist_size, self.label_embeddings.shape[0])
         parts = [self.label_index.search(emb, k)[1]]
         if use_classifier_index and self.classifier_index is not None:
@@ -70,13 +71,21 @@ class ShortlistScorer:
             votes = self.knn.predict_features(sparse_x, self.knn_shortlist, exclude_rows=exclude_rows)
             parts.append(csr_rows_to_ids(votes, self.knn_shortlist))
         cand = union_candidates(*parts)
-        scores = {"encoder": np.einsum("nd,ncd->nc", emb, self.label_embeddings[np.maximum(cand, 0)])}
+        if not with_scores:
+            return cand, {}
+        scores = {"encoder": np.empty(cand.shape, dtype=np.float32)}
+        if self.classifiers is not None:
+            scores["classifier"] = np.empty(cand.shape, dtype=np.float32)
+        for start in range(0, cand.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            block = np.maximum(cand[rows], 0)
+            scores["encoder"][rows] = np.einsum("nd,ncd->nc", emb[rows], self.label_embeddings[block])
+            if self.classifiers is not None:
+                x = sparse_x[rows] if classifier_sparse else None
+                scores["classifier"][rows] = self.classifiers.score(torch.from_numpy(emb[rows]), x, cand[rows]).numpy()
         if votes is not None:
             best = np.maximum(votes.max(axis=1).toarray().ravel(), 1e-12)
             scores["knn"] = lookup_csr(votes, cand) / best[:, None].astype(np.float32)
-        if self.classifiers is not None:
-            scores["classifier"] = self.classifiers.score(torch.from_numpy(emb),
-                                                          sparse_x if classifier_sparse else None, cand).numpy()
         return cand, scores
 
 
@@ -182,7 +191,7 @@ class NGAME(XMCModel):
         emb = self.encoder.encode(point_inputs, progress=progress, desc="encode points")
         t0 = time.perf_counter()
         shortlist, _ = self._scorer()(emb, self.knn.train_features, use_classifier_index=False,
-                                      classifier_sparse=False, exclude_rows=np.arange(n))
+                                      classifier_sparse=False, exclude_rows=np.arange(n), with_scores=False)
         self.history["shortlist_recall_train"] = recall_of_shortlist(shortlist, labels)
         self.history["shortlist_seconds"] = time.perf_counter() - t0
         log.info("stage 2 shortlist: %d candidates/point, recall %.1f%% on training points", shortlist.shape[1],
@@ -244,7 +253,7 @@ class NGAME(XMCModel):
         return self.encoder.encode(texts)
 
     @torch.no_grad()
-    def predict(self, inputs: Any, k: int = 100, scores: ScoreKind = "fused", batch_size: int = 2048,
+    def predict(self, inputs: Any, k: int = 100, scores: ScoreKind = "fused", batch_size: int = 1024,
                 progress: bool = False) -> sp.csr_matrix:
         """Top-k labels per point as an (n, L) CSR score matrix, in batches of bounded memory.
         scores: "fused" (default when classifiers exist), "encoder" (label-embedding similarity) or
