@@ -22,6 +22,7 @@ from xmine.cli import _setup_logging, build_config, train_model
 from xmine.config import EncoderConfig, IndexConfig
 from xmine.data import load_dataset
 from xmine.metrics import evaluate, inverse_propensity
+from xmine.models.base import Inputs
 from xmine.utils import peak_rss_mb, set_threads
 
 KS = (1, 3, 5)
@@ -31,11 +32,13 @@ def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def latency_ms(predict_one, texts: list[str], n: int = 200) -> tuple[float, float]:
+def latency_ms(predict_one, inputs, n: int = 200) -> tuple[float, float]:
+    """p50/p99 of predicting the first n test points one at a time (each with its text and features)."""
     times = []
-    for text in texts[:n]:
+    for i in range(min(n, inputs.n_points)):
+        one = inputs.select([i])
         start = time.perf_counter()
-        predict_one(text)
+        predict_one(one)
         times.append(1000 * (time.perf_counter() - start))
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
@@ -53,7 +56,7 @@ def zero_shot(ds, args) -> dict:
     scores, ids = index.search(encoder.encode(ds.test.texts), 100)
     pred = csr_from_topk(scores, ids, ds.n_labels)
     seconds = time.perf_counter() - start
-    p50, p99 = latency_ms(lambda t: index.search(encoder.encode([t]), 100), ds.test.texts)
+    p50, p99 = latency_ms(lambda one: index.search(encoder.encode(one.texts), 100), Inputs.of(ds.test))
     return {"train_seconds": setup, "predictions": {"encoder": pred}, "predict_seconds": seconds,
             "latency_ms_p50": p50, "latency_ms_p99": p99, "model_size_mb": None}
 
@@ -98,7 +101,7 @@ def main() -> None:
             if predict_seconds is None:
                 predict_seconds = time.perf_counter() - start
         first_kind = {"scores": kinds[0]} if kinds[0] else {}
-        p50, p99 = latency_ms(lambda text: model.predict([text], k=100, **first_kind), ds.test.texts or [])
+        p50, p99 = latency_ms(lambda one: model.predict(one, k=100, **first_kind), Inputs.of(ds.test))
         run = {"train_seconds": train_seconds, "predictions": preds, "predict_seconds": predict_seconds,
                "latency_ms_p50": p50, "latency_ms_p99": p99, "model_size_mb": dir_size_mb(model_dir)}
         shutil.rmtree(model_dir, ignore_errors=True)
