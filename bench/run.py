@@ -154,6 +154,26 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[dict]) -> str:
+    """Per dataset: xmine's NGAME (fused) against the best peer on P@1 and PSP@5."""
+    lines = ["| dataset | NGAME fused P@1 | best peer P@1 | NGAME fused PSP@5 | best peer PSP@5 | verdict |",
+             "|---|---|---|---|---|---|"]
+    for key in dict.fromkeys(r["dataset_key"] for r in results):
+        rows = [r for r in results if r["dataset_key"] == key]
+        ngame = next((r["metrics"]["fused"] for r in rows if r["label"] == "NGAME" and "fused" in r["metrics"]), None)
+        peers = [(r["label"], r["metrics"]["model"]) for r in rows if r.get("package")]
+        if ngame is None or not peers:
+            continue
+        best_p1 = max(peers, key=lambda p: p[1]["P@1"])
+        best_psp = max(peers, key=lambda p: p[1]["PSP@5"])
+        wins = [name for name, ours, theirs in (("P@1", ngame["P@1"], best_p1[1]["P@1"]),
+                                                ("PSP@5", ngame["PSP@5"], best_psp[1]["PSP@5"])) if ours > theirs]
+        verdict = "wins both" if len(wins) == 2 else (f"wins {wins[0]} only" if wins else "loses both")
+        lines.append(f"| {key} | {ngame['P@1']:.2f} | {best_p1[1]['P@1']:.2f} ({best_p1[0]}) | {ngame['PSP@5']:.2f} | "
+                     f"{best_psp[1]['PSP@5']:.2f} ({best_psp[0]}) | {verdict} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     try:
@@ -192,7 +212,8 @@ def main() -> None:
             "Test split of each dataset; metrics in %; PSP with A=0.55, B=1.5; filter_labels applied. "
             "Peers on TF-IDF word 1–2-gram features (sublinear tf, min_df 2, L2 rows) of the same training texts, "
             "given features for Delicious/Bibtex; xmine on raw text (plus those TF-IDF features in its "
-            "classifiers). For NGAME, `scores` shows the fused model and its two inputs.\n\n" + table(results))
+            "classifiers). For NGAME, `scores` shows the fused model and its two inputs.\n\n"
+            + summary(results) + "\n\n" + table(results))
     suffix = "-quick" if args.quick else ""
     (BENCH / "results" / f"{args.suite}{suffix}.md").write_text(text + "\n")
     (BENCH / "results" / f"{args.suite}{suffix}.json").write_text(json.dumps(results, indent=2, default=float))
