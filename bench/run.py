@@ -85,7 +85,8 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def run_suite(suite: str, datasets: list[str], quick: bool, force: bool, peers: bool, threads: int) -> list[dict]:
+def run_suite(suite: str, datasets: list[str], quick: bool, force: bool, peers: bool, threads: int,
+              exclude: set[str] = frozenset()) -> list[dict]:
     out_dir = BENCH / "results" / (suite + ("-quick" if quick else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -94,6 +95,9 @@ def run_suite(suite: str, datasets: list[str], quick: bool, force: bool, peers: 
         data = DATA / folder
         print(f"== {key} ({data}, {variant})", flush=True)
         for label, method, sets in xmine_runs(suite, key, quick):
+            if f"{key}:{label}" in exclude:
+                print(f"  skipped (--exclude): {label}", flush=True)
+                continue
             out = out_dir / f"{key}__{slug(label)}.json"
             if force or not out.exists():
                 cmd = [sys.executable, str(BENCH / "run_xmine.py"), "--method", method, "--data", str(data),
@@ -202,11 +206,14 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="DATASET:LABEL",
+                        help='leave out runs, e.g. "debian-full:MIPS negatives"')
     args = parser.parse_args()
     datasets = args.datasets or (["hpo", "bibtex"] if args.quick else list(DATASETS))
     start = time.time()
-    results = run_suite(args.suite, datasets, args.quick, args.force, not args.no_peers, args.threads)
-    command = "python bench/run.py " + " ".join(sys.argv[1:])
+    results = run_suite(args.suite, datasets, args.quick, args.force, not args.no_peers, args.threads,
+                        set(args.exclude))
+    command = "python bench/run.py " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])
     text = (f"Measured {dt.date.today().isoformat()} on {machine()}, {args.threads} threads per run, "
             f"with `{command.strip()}` (suite `{args.suite}`{', quick' if args.quick else ''}). "
             "Test split of each dataset; metrics in %; PSP with A=0.55, B=1.5; filter_labels applied. "
