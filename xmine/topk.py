@@ -48,3 +48,10 @@ def dense_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
     return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+
+def stack_rows(blocks: list[sp.csr_matrix], n_labels: int) -> sp.csr_matrix:
+    """Batches of predictions -> one CSR matrix (an empty input gives a 0-row matrix)."""
+    if not blocks:
+        return sp.csr_matrix((0, n_labels), dtype=np.float32)
+    return sp.vstack(blocks).tocsr()

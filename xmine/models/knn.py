@@ -19,7 +19,7 @@ from xmine.config import KNNConfig
 from xmine.errors import ModelError, XmineError
 from xmine.features import TfidfFeaturizer
 from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_config
-from xmine.topk import csr_from_topk, csr_row_topk, dense_topk
+from xmine.topk import csr_from_topk, csr_row_topk, dense_topk, stack_rows
 from xmine.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,7 @@ class TfidfKNN(XMCModel):
             out.append(csr_row_topk(weights @ self.train_labels, k))
             bar.update(sims.shape[0])
         bar.close()
-        if not out:
-            return sp.csr_matrix((0, self.n_labels), dtype=np.float32)
-        return sp.vstack(out).tocsr()
+        return stack_rows(out, self.n_labels)
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

@@ -32,7 +32,7 @@ from xmine.mining.mips import MIPSNegativeSampler
 from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_config
 from xmine.models.knn import TfidfKNN
 from xmine.shortlist import csr_rows_to_ids, union_candidates
-from xmine.topk import csr_from_topk, csr_row_topk
+from xmine.topk import csr_from_topk, csr_row_topk, stack_rows
 from xmine.training.classifiers import train_classifiers
 from xmine.utils import atomic_write_text, seed_everything, set_threads
 
@@ -138,9 +138,7 @@ class MIPSClassifier(XMCModel):
             scores = self.classifiers.score(torch.from_numpy(emb), sparse_x, cand).numpy()
             scores = np.where(cand >= 0, scores, -np.inf)
             out.append(csr_row_topk(csr_from_topk(scores, cand, self.n_labels), k))
-        if not out:
-            return sp.csr_matrix((0, self.n_labels), dtype=np.float32)
-        return sp.vstack(out).tocsr()
+        return stack_rows(out, self.n_labels)
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

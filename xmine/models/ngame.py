@@ -35,7 +35,7 @@ from xmine.mining.mips import MIPSNegativeSampler
 from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_config
 from xmine.models.knn import TfidfKNN
 from xmine.shortlist import csr_rows_to_ids, recall_of_shortlist, union_candidates
-from xmine.topk import csr_from_topk, csr_row_topk
+from xmine.topk import csr_from_topk, csr_row_topk, stack_rows
 from xmine.training.classifiers import train_classifiers
 from xmine.training.siamese import sample_one_positive, train_siamese
 from xmine.utils import atomic_save_npy, atomic_write_text, seed_everything, set_threads
@@ -287,9 +287,7 @@ class NGAME(XMCModel):
             else:
                 final = self.fusion.combine(source_scores, cand)
             out.append(csr_row_topk(csr_from_topk(final, cand, self.n_labels), k))
-        if not out:
-            return sp.csr_matrix((0, self.n_labels), dtype=np.float32)
-        return sp.vstack(out).tocsr()
+        return stack_rows(out, self.n_labels)
 
     # ------------------------------------------------------------------ storage
     def save(self, directory: str | Path) -> None:
