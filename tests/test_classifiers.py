@@ -76,3 +76,13 @@ def test_triplet_shortlist_loss_uses_hardest_pairs_only():
     config = ClassifierConfig(loss="triplet", margin=0.2, triplet_positives=1, triplet_negatives=1)
     # hardest positive 0.1, hardest negative 0.5: hinge 0.5 - 0.1 + 0.2 = 0.6
     assert shortlist_loss(scores, is_pos, valid, config).item() == pytest.approx(0.6)
+
+
+def test_sparse_part_reads_only_the_strongest_features():
+    clf = LabelClassifiers(5, 2, "sparse", hash_buckets=1 << 10, max_sparse_features=2)
+    with torch.no_grad():
+        clf.sparse_table.weight.normal_()
+    x = sp.csr_matrix(np.array([[0.1, 0.9, 0.0, 0.5, 0.05]], dtype=np.float32))
+    top2 = sp.csr_matrix(np.array([[0.0, 0.9, 0.0, 0.5, 0.0]], dtype=np.float32))
+    cand = np.array([[0, 1, 2]])
+    assert torch.allclose(clf.score(None, x, cand), clf.score(None, top2, cand))

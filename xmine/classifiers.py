@@ -20,6 +20,7 @@ from torch import nn
 
 from xmine.config import FeatureSet
 from xmine.errors import ModelError, XmineError
+from xmine.topk import csr_row_topk
 from xmine.utils import atomic_torch_save
 
 _K1 = np.uint64(0x9E3779B97F4A7C15)
@@ -39,9 +40,11 @@ def hash_pairs(labels: np.ndarray, features: np.ndarray, buckets: int) -> np.nda
 
 
 class LabelClassifiers(nn.Module):
-    def __init__(self, n_labels: int, dim: int, features: FeatureSet, hash_buckets: int = 1 << 22) -> None:
+    def __init__(self, n_labels: int, dim: int, features: FeatureSet, hash_buckets: int = 1 << 22,
+                 max_sparse_features: int = 32) -> None:
         super().__init__()
         self.n_labels, self.dim_dense, self.features, self.hash_buckets = n_labels, dim, features, hash_buckets
+        self.max_sparse_features = max_sparse_features
         self.use_dense = features in ("dense", "dense+sparse")
         self.use_sparse = features in ("sparse", "dense+sparse")
         self.weight = nn.Parameter(torch.zeros(n_labels, dim)) if self.use_dense else None
@@ -90,6 +93,7 @@ class LabelClassifiers(nn.Module):
 
     def _sparse_scores(self, sparse_x: sp.csr_matrix, candidates: np.ndarray) -> torch.Tensor:
         b, c = candidates.shape
+        sparse_x = csr_row_topk(sparse_x, self.max_sparse_features)  # the point's strongest features only
         nnz = np.diff(sparse_x.indptr)  # features per point
         # one bag per (point, candidate) pair holding the point's features hashed with the label
         pair_len = np.repeat(nnz, c)
@@ -111,7 +115,8 @@ class LabelClassifiers(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {"n_labels": self.n_labels, "dim": self.dim_dense, "features": self.features,
-                 "hash_buckets": self.hash_buckets, "state": {k: v.cpu() for k, v in self.state_dict().items()}}
+                 "hash_buckets": self.hash_buckets, "max_sparse_features": self.max_sparse_features,
+                 "state": {k: v.cpu() for k, v in self.state_dict().items()}}
         atomic_torch_save(directory / "classifiers.pt", state)
 
     @classmethod
@@ -120,6 +125,7 @@ class LabelClassifiers(nn.Module):
         if not path.exists():
             raise ModelError(f"{directory}: no classifiers found (classifiers.pt missing)")
         state = torch.load(path, map_location="cpu", weights_only=False)
-        obj = cls(state["n_labels"], state["dim"], state["features"], state["hash_buckets"])
+        obj = cls(state["n_labels"], state["dim"], state["features"], state["hash_buckets"],
+                  state["max_sparse_features"])
         obj.load_state_dict(state["state"])
         return obj

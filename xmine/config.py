@@ -291,6 +291,9 @@ class ClassifierConfig(Params):
     lr: float = 1e-2  # dense part and biases (Adam)
     lr_sparse: float = 0.5  # sparse hashed part (Adagrad)
     hash_buckets: int = 1 << 22
+    # the sparse part reads at most this many of a point's features (its largest TF-IDF weights): the cost of a
+    # step is candidates x features per point, and long texts (debian-related full: ~100 features) made it slow
+    max_sparse_features: int = 32
     shortlist_size: int = 100  # ANN candidates per point in training and prediction
     # NGAME stage 2: also train against the top labels of the CURRENT classifier vectors (a MIPS search
     # refreshed every epoch): prediction shortlists from the classifier index, so those labels must be trained
@@ -301,7 +304,7 @@ class ClassifierConfig(Params):
     def validate(self) -> None:
         super().validate()
         _positive(self, "epochs", "batch_size", "lr", "lr_sparse", "hash_buckets", "shortlist_size",
-                  "triplet_positives", "triplet_negatives")
+                  "triplet_positives", "triplet_negatives", "max_sparse_features")
         _non_negative(self, "classifier_index_negatives")
 
 

@@ -64,7 +64,8 @@ class MIPSClassifier(XMCModel):
         uses_sparse = config.classifier.features != "dense"
         knn = TfidfKNN.train(dataset, KNNConfig(tfidf=config.tfidf)) if uses_sparse else None
         classifiers = LabelClassifiers(dataset.n_labels, encoder.dim, config.classifier.features,
-                                       config.classifier.hash_buckets)
+                                       config.classifier.hash_buckets,
+                                       config.classifier.max_sparse_features)
         if dataset.label_texts is not None and classifiers.weight is not None:
             classifiers.init_dense(encoder.encode(dataset.label_texts, progress=progress, desc="encode labels"))
         elif classifiers.weight is not None:

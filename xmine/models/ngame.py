@@ -197,7 +197,8 @@ class NGAME(XMCModel):
         log.info("stage 2 shortlist: %d candidates/point, recall %.1f%% on training points", shortlist.shape[1],
                  self.history["shortlist_recall_train"])
         classifiers = LabelClassifiers(self.n_labels, self.encoder.dim, cfg.classifier.features,
-                                       cfg.classifier.hash_buckets)
+                                       cfg.classifier.hash_buckets,
+                                       cfg.classifier.max_sparse_features)
         classifiers.init_dense(self.label_embeddings)
         train_labels = without_rows(labels, holdout)  # held-out rows have no positives -> skipped
         batch_rng = np.random.default_rng([cfg.classifier.seed, 13])
