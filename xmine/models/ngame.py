@@ -90,8 +90,7 @@ class ShortlistScorer:
 
 
 def fusion_holdout(n_points: int, config: NGAMEConfig) -> np.ndarray:
-    """The training points held out for fitting the fusion (a fixed function of the config's seed, so
-    that a stage-2-only run holds out the same points as the stage-1 run before it)."""
+    """The training points held out for fitting the fusion; the classifiers never train on them."""
     rng = np.random.default_rng([config.classifier.seed, 11])
     n_holdout = min(config.fusion.holdout_points, n_points // 5)
     return np.sort(rng.choice(n_points, size=n_holdout, replace=False))
@@ -202,11 +201,12 @@ class NGAME(XMCModel):
         classifiers.init_dense(self.label_embeddings)
         train_labels = without_rows(labels, holdout)  # held-out rows have no positives -> skipped
         batch_rng = np.random.default_rng([cfg.classifier.seed, 13])
-        mips = MIPSNegativeSampler(self.n_labels, max(cfg.classifier.classifier_index_negatives, 1), 0, cfg.index)
-        use_mips = cfg.classifier.classifier_index_negatives > 0 and classifiers.weight is not None
+        mips = None
+        if cfg.classifier.classifier_index_negatives > 0 and classifiers.weight is not None:
+            mips = MIPSNegativeSampler(self.n_labels, cfg.classifier.classifier_index_negatives, 0, cfg.index)
 
         def refresh_classifier_index(epoch: int, step: int) -> None:
-            if use_mips:
+            if mips is not None:
                 mips.rebuild(classifiers.weight.detach().cpu().numpy())
 
         def negatives(rows: np.ndarray, batch_emb: Any, batch_pos: sp.csr_matrix, epoch: int, step: int) -> np.ndarray:
@@ -214,7 +214,7 @@ class NGAME(XMCModel):
             # + the top labels of the current classifier vectors (what the classifier index will propose)
             in_batch = sample_one_positive(batch_pos, batch_rng)
             parts = [shortlist[rows], np.broadcast_to(in_batch, (len(rows), len(in_batch)))]
-            if use_mips:
+            if mips is not None:
                 parts.append(mips.hard_negatives(batch_emb, batch_pos))
             return np.concatenate(parts, axis=1)
 
