@@ -140,6 +140,11 @@ def train_model(method: str, dataset: Any, config: Any, out: str | Path, resume:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from xmine import distributed
     from xmine.data import load_dataset
     from xmine.models.base import read_model_config, write_model_config
 
@@ -155,17 +160,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.data or not args.out:
         raise XmineError("xmine train needs --data DIR and --out MODEL_DIR")
     dataset = load_dataset(args.data, text_variant=args.text_variant)
+    if distributed.init_from_env():
+        if args.method not in ("ngame", "mips"):
+            raise XmineError(f"--method {args.method} has no training loop to run data-parallel; "
+                             "run it without torchrun")
+        if distributed.local_device() is None and not os.environ.get("OMP_NUM_THREADS"):
+            # processes on one CPU machine share its cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     start = time.perf_counter()
     model = train_model(args.method, dataset, config, args.out, resume=args.resume, init_from=args.init_from,
-                        progress=not args.quiet)
+                        progress=not args.quiet and distributed.is_main())
     seconds = time.perf_counter() - start
+    if not distributed.is_main():  # rank 0 writes the model directory
+        distributed.barrier()
+        return 0
     model.save(args.out)
     meta = read_model_config(args.out)
     meta.update({"text_variant": dataset.text_variant, "dataset": str(dataset.path), "train_seconds": seconds})
     write_model_config(args.out, meta.pop("method"), meta.pop("config"), meta.pop("n_labels"),
                        extra={k: v for k, v in meta.items() if k != "xmine_version"})
     print(f"trained {args.method} on {dataset.name} ({dataset.train.n_points} points, {dataset.n_labels} labels) "
-          f"in {seconds:.1f}s -> {args.out}")
+          f"in {seconds:.1f}s -> {args.out}"
+          + (f" ({distributed.world_size()} processes)" if distributed.is_distributed() else ""))
+    distributed.barrier()
     return 0
 
 

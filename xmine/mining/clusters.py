@@ -110,25 +110,31 @@ class ClusterBatchSampler:
         rng = np.random.default_rng([self.seed, self.epoch, 1])
         self.clusters = balanced_clusters(np.asarray(embeddings, dtype=np.float32), cluster_size, rng)
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def batches_of_clusters(self) -> Iterator[list[np.ndarray]]:
+        """Each batch as its list of whole clusters (one part for a random batch); data-parallel training
+        hands whole clusters to each rank."""
         rng = np.random.default_rng([self.seed, self.epoch, 2])
         if self.clusters is None:
             order = rng.permutation(self.n_points)
-            batches = [order[i:i + self.batch_size] for i in range(0, self.n_points, self.batch_size)]
+            batches = [[order[i:i + self.batch_size]] for i in range(0, self.n_points, self.batch_size)]
         else:
             batches, current, filled = [], [], 0
             for c in rng.permutation(len(self.clusters)):
                 current.append(self.clusters[c])
                 filled += len(self.clusters[c])
                 if filled >= self.batch_size:
-                    batches.append(np.concatenate(current))
+                    batches.append(current)
                     current, filled = [], 0
             if current:
-                batches.append(np.concatenate(current))
-        for batch in batches:
-            if self.drop_last and len(batch) < self.batch_size:
+                batches.append(current)
+        for parts in batches:
+            if self.drop_last and sum(len(p) for p in parts) < self.batch_size:
                 continue
-            yield batch
+            yield parts
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for parts in self.batches_of_clusters():
+            yield np.concatenate(parts)
 
     def __len__(self) -> int:
         return math.ceil(self.n_points / self.batch_size)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from xmine import distributed
 from xmine.classifiers import LabelClassifiers
 from xmine.config import ClassifierConfig
 from xmine.encoders.base import Encoder, Prepared
@@ -82,6 +83,23 @@ def shortlist_loss(scores: torch.Tensor, is_positive: torch.Tensor, valid: torch
     return hinge.sum() / pair_valid.sum().clamp_min(1)
 
 
+class ClassifierStep(nn.Module):
+    """One step's forward: dense inputs (the fine-tuned encoder's output, or fixed embeddings), then
+    candidates from `make_candidates(embeddings)` (negatives need the current embeddings), then the
+    candidate scores. One module call per step, as DistributedDataParallel expects."""
+
+    def __init__(self, classifiers: LabelClassifiers, encoder: Encoder | None) -> None:
+        super().__init__()
+        self.classifiers = classifiers
+        self.encoder = encoder
+
+    def forward(self, point_batch: Prepared | None, fixed: torch.Tensor | None, sparse_x: sp.csr_matrix | None,
+                make_candidates: Callable[[np.ndarray | None], np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
+        emb = self.encoder(point_batch) if self.encoder is not None else fixed
+        candidates = make_candidates(emb.detach().cpu().numpy() if emb is not None else None)
+        return self.classifiers.score(emb, sparse_x, candidates), candidates
+
+
 def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, config: ClassifierConfig,
                       negatives: NegativeFn, embeddings: np.ndarray | None = None,
                       sparse_features: sp.csr_matrix | None = None, encoder: Encoder | None = None,
@@ -93,10 +111,16 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
 
     Dense inputs come either from fixed `embeddings` (frozen encoder) or from `encoder` applied to
     `point_inputs` (fine-tuned jointly). `on_step(global_step)` runs before every step and
-    `on_epoch_start(epoch, global_step)` before every epoch (the MIPS method rebuilds its index there)."""
+    `on_epoch_start(epoch, global_step)` before every epoch (the MIPS method rebuilds its index there).
+
+    Under torchrun the loop is data-parallel: `config.batch_size` is the global batch, each rank takes a
+    contiguous share of its rows (negatives are drawn for its own rows), DistributedDataParallel averages
+    the gradients, and rank 0 writes the checkpoint."""
     labels = sp.csr_matrix(labels)
     keep = np.flatnonzero(np.diff(labels.indptr) > 0)
     trainable_encoder = encoder is not None and config.finetune_encoder
+    progress = progress and distributed.is_main()
+    model = distributed.wrap(ClassifierStep(classifiers, encoder if trainable_encoder else None))
     optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(classifiers.dense_parameters(), lr=config.lr)]
     if classifiers.use_sparse:
         optimizers.append(torch.optim.Adagrad(classifiers.sparse_parameters(), lr=config.lr_sparse))
@@ -124,38 +148,45 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
             on_epoch_start(epoch, step)
         order = rng.permutation(keep)
         total, steps, neg_seconds = 0.0, 0, 0.0
-        classifiers.train()
-        if trainable_encoder:
-            encoder.train()
+        model.train()
         bar = tqdm(range(0, len(order), config.batch_size), desc=f"classifiers {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False, unit="batch")
         for begin in bar:
             rows = order[begin:begin + config.batch_size]
             if on_step is not None:
                 on_step(step)
+            if len(rows) < distributed.world_size():
+                continue  # a last batch too small to give every rank a row (skipped on all ranks alike)
+            rows = rows[distributed.shard_rows(len(rows))]
             batch_pos = labels[rows]
-            if trainable_encoder:
-                emb_t = encoder(point_inputs.select(rows))
-                emb_np = emb_t.detach().cpu().numpy()
-            else:
-                emb_np = embeddings[rows] if embeddings is not None else None
-                emb_t = torch.from_numpy(emb_np).to(device) if emb_np is not None else None
-            t0 = time.perf_counter()
-            neg = remove_positives_and_duplicates(negatives(rows, emb_np, batch_pos, epoch, step), batch_pos)
-            neg_seconds += time.perf_counter() - t0
-            pos = positive_candidates(batch_pos, rng)
-            candidates = np.concatenate([pos, neg], axis=1)
-            is_positive = torch.from_numpy(np.concatenate([pos >= 0, np.zeros_like(neg, dtype=bool)], axis=1))
-            valid = torch.from_numpy(candidates >= 0)
+            # drawn before the step so that the positives' subsample does not depend on the negatives
+            pos = positive_candidates(batch_pos, rng) if distributed.world_size() == 1 else \
+                positive_candidates(batch_pos, np.random.default_rng([config.seed, epoch, step, 8]))
+
+            def make_candidates(emb_np: np.ndarray | None, rows: np.ndarray = rows,
+                                batch_pos: sp.csr_matrix = batch_pos, pos: np.ndarray = pos, epoch: int = epoch,
+                                step: int = step) -> np.ndarray:
+                nonlocal neg_seconds
+                t0 = time.perf_counter()
+                neg = remove_positives_and_duplicates(negatives(rows, emb_np, batch_pos, epoch, step), batch_pos)
+                neg_seconds += time.perf_counter() - t0
+                return np.concatenate([pos, neg], axis=1)
+
+            fixed = torch.from_numpy(embeddings[rows]).to(device) if embeddings is not None and \
+                not trainable_encoder else None
             sparse_x = sparse_features[rows] if sparse_features is not None else None
-            scores = classifiers.score(emb_t, sparse_x, candidates)
-            loss = shortlist_loss(scores, is_positive.to(device), valid.to(device), config)
+            scores, candidates = model(point_inputs.select(rows) if trainable_encoder else None, fixed, sparse_x,
+                                       make_candidates)
+            is_positive = np.zeros(candidates.shape, dtype=bool)
+            is_positive[:, :pos.shape[1]] = pos >= 0
+            valid = torch.from_numpy(candidates >= 0)
+            loss = shortlist_loss(scores, torch.from_numpy(is_positive).to(device), valid.to(device), config)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
             for opt in optimizers:
                 opt.step()
-            total += float(loss.detach())
+            total += distributed.all_reduce_mean(float(loss.detach()))
             steps += 1
             step += 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
@@ -164,11 +195,12 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
         history.epochs.append(record)
         log.info("classifiers epoch %d/%d: loss %.4f, %.1fs (%.0f points/s, negatives %.1fs)", epoch + 1,
                  config.epochs, record.loss, seconds, record.points_per_s, neg_seconds)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and distributed.is_main():
             state = {"epoch": epoch, "step": step, "classifiers": classifiers.state_dict(),
                      "optimizers": [o.state_dict() for o in optimizers], "history": history.to_list()}
             if trainable_encoder:
                 state["encoder"] = encoder.state_dict()
             save_checkpoint(checkpoint_path, state)
-    classifiers.eval()
+        distributed.barrier()
+    model.eval()
     return history

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
+from xmine import distributed
 from xmine.config import SiameseConfig
 from xmine.encoders.base import Encoder, Prepared
 from xmine.errors import XmineError
@@ -40,6 +42,7 @@ class EpochRecord:
     pos_cos: float
     neg_cos: float
     gap: float
+    points_seen: int | None = None  # training points in this epoch's batches, summed over ranks
 
 
 @dataclass
@@ -65,6 +68,50 @@ def co_positive_mask(labels: sp.csr_matrix, points: np.ndarray, batch_labels: np
     return torch.from_numpy(mask)
 
 
+class SiameseForward(torch.nn.Module):
+    """Points and their sampled labels through the shared encoder in one forward call (one call per
+    step is what DistributedDataParallel expects)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, points: Prepared, labels: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(points), self.encoder(labels)
+
+
+def local_batches(sampler: ClusterBatchSampler, rank: int, world_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(global batch, this rank's rows of it) for every step of the epoch. Ranks get whole clusters; the
+    global batch lists the ranks' shares in rank order (that is the row order of the gathered embeddings).
+    Batches too small to give every rank a point (and a negative) are skipped on all ranks alike."""
+    for parts in sampler.batches_of_clusters():
+        if world_size == 1:
+            batch = np.concatenate(parts)
+            if len(batch) >= 2:
+                yield batch, batch
+            continue
+        shares = distributed.split_whole_clusters(parts, world_size)
+        if min(len(s) for s in shares) == 0:
+            shares = distributed.split_whole_clusters([np.concatenate(parts)], world_size)
+        if min(len(s) for s in shares) == 0 or sum(len(s) for s in shares) < 2:
+            continue
+        yield np.concatenate(shares), shares[rank]
+
+
+def refresh_clusters(sampler: ClusterBatchSampler, encoder: Encoder, points: Prepared, cluster_size: int | None
+                     ) -> None:
+    """Re-cluster from current embeddings. Distributed: each rank embeds its share of the points, rank 0
+    alone clusters them and broadcasts the clusters (clustering is done once, not once per rank)."""
+    if not distributed.is_distributed():
+        sampler.update(encoder.encode(points, progress=False), cluster_size)
+        return
+    share = np.arange(len(points))[distributed.shard_rows(len(points))]
+    embeddings = distributed.all_gather_numpy(encoder.encode(points.select(share), progress=False))
+    if distributed.is_main():
+        sampler.update(embeddings, cluster_size)
+    sampler.clusters = distributed.broadcast_object(sampler.clusters)
+
+
 def loss_name_at(config: SiameseConfig, epoch: int) -> str:
     if config.loss == "infonce_then_triplet":
         return "infonce" if epoch < int(round(config.warmup_fraction * config.epochs)) else "triplet"
@@ -76,7 +123,13 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
                   progress: bool = True) -> SiameseHistory:
     """Train `encoder` in place. `labels` is the (n_points, n_labels) training label matrix;
     points without a label are skipped. With `checkpoint_path`, the state is saved atomically after
-    every epoch, and `resume=True` continues from it with the same result as an uninterrupted run."""
+    every epoch, and `resume=True` continues from it with the same result as an uninterrupted run.
+
+    Under torchrun (see `xmine.distributed`) the loop is data-parallel: `config.batch_size` is the GLOBAL
+    batch, each rank encodes its share, the similarity matrix and loss are over the whole global batch
+    (all-gathered embeddings), and DistributedDataParallel averages the gradients, so N ranks compute
+    the same step as one process with the same global batch. Rank 0 writes the checkpoint; it holds no
+    per-rank state, so a run can resume with a different number of ranks."""
     labels = sp.csr_matrix(labels)
     keep = np.flatnonzero(np.diff(labels.indptr) > 0)
     if keep.size < 2:
@@ -90,6 +143,9 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
         too_big = [s for s in schedule.sizes if s > len(keep)]
         if too_big:
             raise XmineError(f"cluster size {too_big[0]} is larger than the training set ({len(keep)} points)")
+    world, my_rank = distributed.world_size(), distributed.rank()
+    progress = progress and distributed.is_main()
+    model = distributed.wrap(SiameseForward(encoder))
     optimizers = encoder.make_optimizers(config.lr, config.lr_embeddings, config.weight_decay)
     dense_params = [p for g in encoder.parameter_groups(config.lr, config.lr_embeddings) for p in g["params"]]
     use_amp = config.mixed_precision and device.type == "cuda"
@@ -116,29 +172,30 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
         cluster_size = schedule.cluster_size(epoch) if config.batching == "clusters" else None
         if config.batching == "clusters" and schedule.is_refresh_epoch(epoch):
             t0 = time.perf_counter()
-            sampler.update(encoder.encode(points, progress=False), cluster_size)
+            refresh_clusters(sampler, encoder, points, cluster_size)
             refresh_seconds = time.perf_counter() - t0
         positives = sample_one_positive(labels, rng)
         loss_name = loss_name_at(config, epoch)
         loss_fn = build_siamese_loss(loss_name, config.margin, config.num_negatives, config.softmax_tau,
                                      config.temperature)
-        encoder.train()
-        total, steps, spread_sum = 0.0, 0, np.zeros(3)
-        bar = tqdm(sampler, total=len(sampler), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                   leave=False, unit="batch")
-        for batch in bar:
-            if len(batch) < 2:
-                continue
+        model.train()
+        total, steps, spread_sum, seen = 0.0, 0, np.zeros(3), 0
+        bar = tqdm(local_batches(sampler, my_rank, world), total=len(sampler),
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
+        for batch, mine in bar:
             batch_labels = positives[batch]
             mask = co_positive_mask(labels, batch, batch_labels).to(device)
             with torch.autocast(device_type=device.type, enabled=use_amp):
-                point_emb = encoder(points.select(batch))
-                label_emb = encoder(label_inputs.select(batch_labels))
-                similarity = point_emb.float() @ label_emb.float().T
+                point_emb, label_emb = model(points.select(mine), label_inputs.select(positives[mine]))
+                point_emb, _ = distributed.all_gather_rows(point_emb.float())
+                label_emb, _ = distributed.all_gather_rows(label_emb.float())
+                similarity = point_emb @ label_emb.T
                 loss = loss_fn(similarity, mask)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            # each rank's gradient is the global loss's gradient through its own slice; DDP averages them,
+            # so scaling by the world size gives the single-process gradient of the global batch
+            scaler.scale(loss * world).backward()
             for opt in optimizers:
                 scaler.unscale_(opt)
             if config.grad_clip and dense_params:
@@ -150,20 +207,22 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
             spread_sum += (spread["pos_cos"], spread["neg_cos"], spread["gap"])
             total += float(loss.detach())
             steps += 1
+            seen += len(mine)
             bar.set_postfix(loss=f"{total / steps:.4f}")
         seconds = time.perf_counter() - start
         pos_cos, neg_cos, gap = spread_sum / max(steps, 1)
         record = EpochRecord(epoch=epoch, loss=total / max(steps, 1), loss_name=loss_name, seconds=seconds,
                              points_per_s=len(keep) / max(seconds, 1e-9), cluster_size=cluster_size,
                              refresh_seconds=refresh_seconds, pos_cos=float(pos_cos), neg_cos=float(neg_cos),
-                             gap=float(gap))
+                             gap=float(gap), points_seen=int(round(distributed.all_reduce_mean(seen) * world)))
         history.epochs.append(record)
         log.info("stage 1 epoch %d/%d: %s loss %.4f, %.1fs (%.0f points/s), clusters %s (refresh %.1fs), "
                  "in-batch cos pos %.3f neg %.3f", epoch + 1, config.epochs, loss_name, record.loss, seconds,
                  record.points_per_s, cluster_size, refresh_seconds, pos_cos, neg_cos)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and distributed.is_main():
             save_checkpoint(checkpoint_path, {"epoch": epoch, "encoder": encoder.state_dict(),
                                               "optimizers": [o.state_dict() for o in optimizers],
                                               "sampler": sampler.state_dict(), "history": history.to_list()})
+        distributed.barrier()
     encoder.eval()
     return history
