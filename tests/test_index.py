@@ -59,3 +59,41 @@ def test_bad_queries_raise_clear_errors():
         index.search(np.ones((2, 3), dtype=np.float32), 1)
     with pytest.raises(XmineError, match="2-D"):
         index.search(np.ones(4, dtype=np.float32), 1)
+
+
+def _clustered(rng: np.random.Generator, n: int, d: int, topics: int = 50) -> np.ndarray:
+    """Vectors around topic centres, like real label embeddings (PQ codebooks need structure to learn)."""
+    centres = _unit(rng, topics, d)
+    x = centres[rng.integers(0, topics, n)] + 0.3 * rng.normal(size=(n, d)) / np.sqrt(d)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_compact_indexes_keep_recall_and_save_memory(tmp_path):
+    rng = np.random.default_rng(4)
+    vectors = _clustered(rng, 20000, 64)
+    queries = vectors[rng.choice(20000, 200, replace=False)] + 0.05 * rng.normal(size=(200, 64)).astype(np.float32)
+    _, ref = exact_top_k(queries, vectors, 10)
+    full = LabelIndex.build(vectors, IndexConfig(kind="exact"))
+    half = LabelIndex.build(vectors, IndexConfig(kind="exact", storage="float16"))
+    assert half.memory_bytes < 0.6 * full.memory_bytes
+    assert np.mean(half.search(queries, 10)[1] == ref) > 0.95
+    pq = LabelIndex.build(vectors, IndexConfig(kind="ivfpq", pq_bytes=16, nprobe=32, exact_below=0))
+    assert pq.kind == "ivfpq" and pq.memory_bytes < 0.4 * full.memory_bytes
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(pq.search(queries, 10)[1], ref, strict=True)])
+    assert recall > 0.5  # product quantisation trades recall for 16x less memory; measured in bench/scale.py
+    pq.save(tmp_path / "pq")
+    assert np.array_equal(LabelIndex.load(tmp_path / "pq").search(queries, 5)[1], pq.search(queries, 5)[1])
+
+
+def test_streaming_build_equals_one_shot_build():
+    rng = np.random.default_rng(5)
+    vectors = _clustered(rng, 6000, 32)
+    config = IndexConfig(kind="ivf", exact_below=0, nprobe=8)
+    one = LabelIndex.build(vectors, config)
+    streamed = LabelIndex.build_streaming((vectors[i:i + 1000] for i in range(0, 6000, 1000)), 6000, vectors, config)
+    queries = vectors[:50]
+    assert np.array_equal(one.search(queries, 10)[1], streamed.search(queries, 10)[1])
+    with pytest.raises(XmineError, match="expected 7000"):
+        LabelIndex.build_streaming([vectors], 7000, vectors, config)
+    with pytest.raises(XmineError, match="divide"):
+        LabelIndex.build(vectors, IndexConfig(kind="ivfpq", pq_bytes=5, exact_below=0))

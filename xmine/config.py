@@ -171,17 +171,21 @@ class IndexConfig(Params):
     """Nearest-neighbour index over label vectors; similarity is the inner product
     (= cosine for normalised vectors). NGAME: HNSW M=100, efC=efS=300."""
 
-    kind: Literal["exact", "hnsw", "ivf"] = "exact"
+    kind: Literal["exact", "hnsw", "ivf", "ivfpq"] = "exact"
     M: int = 32
     ef_construction: int = 200
     ef_search: int = 200
     nlist: int | None = None  # IVF lists; None: about sqrt(number of vectors)
     nprobe: int = 64
-    exact_below: int = 50_000  # "hnsw"/"ivf" fall back to exact search below this many vectors
+    exact_below: int = 50_000  # "hnsw"/"ivf"/"ivfpq" fall back to exact search below this many vectors
+    # float16 halves the memory of "exact"/"hnsw" (faiss scalar quantizer) at a negligible loss of precision
+    storage: Literal["float32", "float16"] = "float32"
+    pq_bytes: int = 48  # "ivfpq" (millions of labels): bytes per vector (sub-quantizers of 8 bits); divides dim
+    train_sample: int = 100_000  # "ivf"/"ivfpq": vectors sampled to train the coarse quantizer and the PQ
 
     def validate(self) -> None:
         super().validate()
-        _positive(self, "M", "ef_construction", "ef_search", "nlist", "nprobe")
+        _positive(self, "M", "ef_construction", "ef_search", "nlist", "nprobe", "pq_bytes", "train_sample")
         _non_negative(self, "exact_below")
 
 
