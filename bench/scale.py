@@ -1,16 +1,20 @@
-"""How xmine's costs grow with the number of labels L (and points N), on generated data.
+"""How xmine's costs grow with the number of labels L, on generated data.
 
-Generated data with realistic statistics: label frequencies follow a power law (Zipf, exponent 1.1),
-about 5 labels per point, label and point embeddings of dimension 384 that cluster around their labels.
-Per L it measures, each in a fresh process (peak memory is that step's alone):
-  - index build time and query latency over L label vectors, exact search vs HNSW (faiss), and HNSW's recall@10
-  - a classifier training step on a shortlist (dense + hashed sparse features): time per step
+Generated data with realistic statistics: label vectors (d=384, float32) lie around 1,000 topic centres
+like real label embeddings; label frequencies follow a power law (Zipf, exponent 1.1); about 5 labels per
+point; a point's vector is the mean of its labels' plus noise. Per L, each in a fresh process (peak memory
+is that L's alone):
+  - index build time, memory and query latency over the L label vectors: exact search, HNSW (faiss; NGAME's
+    index) and IVF-PQ (48-byte codes; the compact index for millions of labels), recall@10 against exact
+  - a short training run of the classifiers (dense + hashed sparse features) on shortlists: time per step
   - the MIPS negative sampler: rebuild (IVF) and sample time per batch
   - peak resident memory
+At 10^7 labels (`--stream`) the label vectors (15 GiB as float32) are never held in memory: they are
+generated chunk by chunk into an IVF-PQ index, and the exact reference for recall streams over the chunks.
 
-  python bench/scale.py                   # L = 1e4, 1e5, 1e6
+  python bench/scale.py                   # L = 1e4, 1e5, 1e6 (about 25 minutes on 2 cores)
   python bench/scale.py --quick           # L = 1e4, 1e5
-  python bench/scale.py --labels 10000000 --index-only
+  python bench/scale.py --labels 10000000 --stream   # index build + query only, appended to the results
 
 Writes bench/results/scale.json, scale.md and scale.png (log-log).
 """
@@ -22,27 +26,71 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))  # run from a clone without installing: xmine is imported from the repo
 DIM = 384
+TOPICS = 1000
+CHUNK = 100_000
+N_POINTS = 20_000
+N_QUERIES = 500
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def label_chunks(n_labels: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """The label vectors, CHUNK rows at a time, the same on every call (float32 throughout)."""
+    centres = _normalise(np.random.default_rng([seed, 1]).standard_normal((TOPICS, DIM), dtype=np.float32))
+    for c, start in enumerate(range(0, n_labels, CHUNK)):
+        rng = np.random.default_rng([seed, 2, c])
+        m = min(CHUNK, n_labels - start)
+        x = centres[rng.integers(0, TOPICS, m)]
+        x += rng.standard_normal((m, DIM), dtype=np.float32) * np.float32(0.6 / np.sqrt(DIM))
+        yield _normalise(x)
 
 
 def generate(n_labels: int, n_points: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    labels = rng.normal(size=(n_labels, DIM)).astype(np.float32)
-    labels /= np.linalg.norm(labels, axis=1, keepdims=True)
+    labels = np.concatenate(list(label_chunks(n_labels, seed)))
+    rng = np.random.default_rng([seed, 3])
     # power-law label frequencies: label rank r drawn with p ~ 1 / r^1.1
     p = 1.0 / np.arange(1, n_labels + 1) ** 1.1
     p /= p.sum()
     k = np.clip(rng.poisson(5, n_points), 1, 40)
     flat = rng.choice(n_labels, size=int(k.sum()), p=p)
     positives = np.split(flat, np.cumsum(k)[:-1])
-    points = np.stack([labels[pos].mean(0) for pos in positives]) + 0.05 * rng.normal(size=(n_points, DIM))
-    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
-    return labels, points, positives
+    points = np.stack([labels[pos].mean(0) for pos in positives])
+    points += 0.05 * rng.standard_normal(points.shape, dtype=np.float32)
+    return labels, _normalise(points), positives
+
+
+def _recall(ids: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / ref.shape[1] for a, b in zip(ids, ref, strict=True)]))
+
+
+def _time_index(result: dict, name: str, build, queries: np.ndarray, ref: np.ndarray | None) -> None:  # noqa: ANN001
+    t0 = time.perf_counter()
+    index = build()
+    result[f"{name}_build_s"] = time.perf_counter() - t0
+    result[f"{name}_mib"] = index.memory_bytes / 2**20
+    t0 = time.perf_counter()
+    _, ids = index.search(queries, 10)
+    result[f"{name}_query_ms"] = 1000 * (time.perf_counter() - t0) / len(queries)
+    if ref is not None:  # as a shortlist: how many of the true top 10 are among the index's top 100
+        result[f"{name}_recall10@100"] = _recall(index.search(queries, 100)[1], ref)
+    one = [time.perf_counter()]
+    for q in queries[:100]:  # one query at a time: the latency a service sees
+        index.search(q[None], 10)
+        one.append(time.perf_counter())
+    result[f"{name}_latency_p50_ms"] = 1000 * float(np.median(np.diff(one)))
+    if ref is not None:
+        result[f"{name}_recall@10"] = _recall(ids, ref)
 
 
 def measure(n_labels: int, index_only: bool) -> dict:
@@ -58,43 +106,43 @@ def measure(n_labels: int, index_only: bool) -> dict:
     from xmine.utils import peak_rss_mb, set_threads
 
     set_threads(2)
-    n_points = 20_000
     t0 = time.perf_counter()
-    labels, points, positives = generate(n_labels, n_points)
-    result: dict = {"labels": n_labels, "points": n_points, "dim": DIM, "generate_s": time.perf_counter() - t0}
-    queries = points[:500]
+    labels, points, positives = generate(n_labels, N_POINTS)
+    result: dict = {"labels": n_labels, "points": N_POINTS, "dim": DIM, "generate_s": time.perf_counter() - t0}
+    queries = points[:N_QUERIES]
     exact = LabelIndex.build(labels, IndexConfig(kind="exact"))
-    t0 = time.perf_counter()
+    _time_index(result, "exact", lambda: exact, queries, None)
     _, ref = exact.search(queries, 10)
-    result["exact_query_ms"] = 1000 * (time.perf_counter() - t0) / len(queries)
-    t0 = time.perf_counter()
-    hnsw = LabelIndex.build(labels, IndexConfig(kind="hnsw", M=32, ef_construction=100, ef_search=100, exact_below=0))
-    result["hnsw_build_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    _, ids = hnsw.search(queries, 10)
-    result["hnsw_query_ms"] = 1000 * (time.perf_counter() - t0) / len(queries)
-    result["hnsw_recall@10"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ref, strict=True)]))
-    del hnsw
+    _time_index(result, "hnsw", lambda: LabelIndex.build(labels, IndexConfig(kind="hnsw", M=32, ef_construction=100,
+                                                                             ef_search=100, exact_below=0)),
+                queries, ref)
+    _time_index(result, "ivfpq", lambda: LabelIndex.build(labels, IndexConfig(kind="ivfpq", pq_bytes=48, nprobe=64,
+                                                                              exact_below=0)), queries, ref)
     if not index_only:
-        # one classifier step on a shortlist of 100 ANN candidates + positives, batch 256, sparse part 20 features
-        batch = 256
+        # a short training run: 20 steps of batch 256; candidates = positives + 100 sampled labels (the shortlist
+        # search is timed above as an index query), sparse part 20 features per point
+        batch, n_steps = 256, 20
         clf = LabelClassifiers(n_labels, DIM, "dense+sparse", 1 << 22)
         clf.init_dense(labels)
         opt = torch.optim.Adam(clf.dense_parameters(), lr=1e-2)
         sopt = torch.optim.Adagrad(clf.sparse_parameters(), lr=0.5)
-        rows = np.arange(batch)
-        indptr = np.cumsum([0] + [len(positives[i]) for i in rows])
-        pos = sp.csr_matrix((np.ones(indptr[-1]), np.concatenate([positives[i] for i in rows]), indptr),
-                            shape=(batch, n_labels))
-        feats = sp.random(batch, 50_000, density=20 / 50_000, format="csr", dtype=np.float32, random_state=0)
-        _, short = exact.search(points[:batch], 100)
+        rng = np.random.default_rng(0)
+        # 20 TF-IDF-like features per point out of 50,000 (sp.random would materialise a permutation of n*m)
+        feats = sp.csr_matrix((rng.random(N_POINTS * 20, dtype=np.float32), rng.integers(0, 50_000, N_POINTS * 20),
+                               np.arange(0, N_POINTS * 20 + 1, 20)), shape=(N_POINTS, 50_000))
+        feats.sum_duplicates()
+        y = sp.csr_matrix((np.ones(sum(len(q) for q in positives)), np.concatenate(positives),
+                           np.cumsum([0] + [len(q) for q in positives])), shape=(N_POINTS, n_labels))
+        y.sum_duplicates()
         times = []
-        for _ in range(5):
+        for step in range(n_steps):
+            rows = np.arange(step * batch, (step + 1) * batch) % N_POINTS
             t0 = time.perf_counter()
-            cand = np.concatenate([positive_candidates(pos, np.random.default_rng(0)), short], axis=1)
+            pc = positive_candidates(y[rows], rng)
+            cand = np.concatenate([pc, rng.integers(0, n_labels, (batch, 100))], axis=1)
             is_pos = torch.zeros(cand.shape, dtype=torch.bool)
-            is_pos[:, :positive_candidates(pos, np.random.default_rng(0)).shape[1]] = True
-            scores = clf.score(torch.from_numpy(points[:batch]), feats, cand)
+            is_pos[:, :pc.shape[1]] = torch.from_numpy(pc >= 0)
+            scores = clf.score(torch.from_numpy(points[rows]), feats[rows], cand)
             loss = shortlist_loss(scores, is_pos, torch.from_numpy(cand >= 0), ClassifierConfig())
             opt.zero_grad()
             sopt.zero_grad()
@@ -109,10 +157,68 @@ def measure(n_labels: int, index_only: bool) -> dict:
         sampler.rebuild(labels)
         result["mips_rebuild_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sampler.sample(points[:batch], pos)
+        sampler.sample(points[:batch], y[:batch])
         result["mips_sample_ms_per_batch"] = 1000 * (time.perf_counter() - t0)
     result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def measure_streaming(n_labels: int) -> dict:
+    """IVF-PQ build + query over `n_labels` generated vectors that never sit in memory together."""
+    import faiss
+
+    from xmine.config import IndexConfig
+    from xmine.index import LabelIndex
+    from xmine.utils import peak_rss_mb, set_threads
+
+    set_threads(2)
+    result: dict = {"labels": n_labels, "dim": DIM, "streamed": True}
+    rng = np.random.default_rng(7)
+    train = next(label_chunks(n_labels))  # the first chunk (100k vectors) trains the quantizers
+    # queries: noisy copies of labels drawn from the first chunks
+    queries = train[rng.choice(len(train), 200, replace=False)]
+    queries = _normalise(queries + 0.05 * rng.standard_normal(queries.shape, dtype=np.float32))
+    config = IndexConfig(kind="ivfpq", pq_bytes=48, nprobe=64, nlist=4096, exact_below=0)
+    t0 = time.perf_counter()
+    index = LabelIndex.build_streaming(label_chunks(n_labels), n_labels, train, config)
+    result["ivfpq_build_s"] = time.perf_counter() - t0
+    result["ivfpq_mib"] = index.memory_bytes / 2**20
+    t0 = time.perf_counter()
+    _, ids = index.search(queries, 10)
+    result["ivfpq_query_ms"] = 1000 * (time.perf_counter() - t0) / len(queries)
+    ids100 = index.search(queries, 100)[1]
+    one = [time.perf_counter()]
+    for q in queries[:100]:
+        index.search(q[None], 10)
+        one.append(time.perf_counter())
+    result["ivfpq_latency_p50_ms"] = 1000 * float(np.median(np.diff(one)))
+    # exact reference, streamed over the chunks
+    t0 = time.perf_counter()
+    best_s = np.full((len(queries), 10), -np.inf, dtype=np.float32)
+    best_i = np.full((len(queries), 10), -1, dtype=np.int64)
+    for c, chunk in enumerate(label_chunks(n_labels)):
+        s, i = faiss.knn(queries, chunk, 10, metric=faiss.METRIC_INNER_PRODUCT)
+        s_all, i_all = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + c * CHUNK], 1)
+        top = np.argsort(-s_all, axis=1)[:, :10]
+        best_s, best_i = np.take_along_axis(s_all, top, 1), np.take_along_axis(i_all, top, 1)
+    result["exact_query_ms"] = 1000 * (time.perf_counter() - t0) / len(queries)
+    result["ivfpq_recall@10"] = _recall(ids, best_i)
+    result["ivfpq_recall10@100"] = _recall(ids100, best_i)
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+QUERY_KEYS = (("exact_query_ms", "exact query"), ("hnsw_query_ms", "HNSW query"), ("ivfpq_query_ms", "IVF-PQ query"),
+              ("classifier_step_ms", "classifier step (batch 256)"),
+              ("mips_sample_ms_per_batch", "MIPS sample (batch 256)"))
+BUILD_KEYS = (("hnsw_build_s", "HNSW build (s)"), ("ivfpq_build_s", "IVF-PQ build (s)"),
+              ("mips_rebuild_s", "MIPS IVF rebuild (s)"), ("exact_mib", "exact index (MiB)"),
+              ("hnsw_mib", "HNSW index (MiB)"), ("ivfpq_mib", "IVF-PQ index (MiB)"), ("peak_rss_mb", "peak RSS (MiB)"))
+TABLE_KEYS = ["labels", "exact_query_ms", "hnsw_build_s", "hnsw_query_ms", "hnsw_latency_p50_ms", "hnsw_recall@10",
+              "ivfpq_build_s", "ivfpq_query_ms", "ivfpq_recall@10", "ivfpq_recall10@100", "exact_mib", "hnsw_mib",
+              "ivfpq_mib",
+              "classifier_step_ms", "classifier_points_per_s", "mips_rebuild_s", "mips_sample_ms_per_batch",
+              "peak_rss_mb"]
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -121,26 +227,17 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [r["labels"] for r in results]
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for key, name in (("exact_query_ms", "exact query (ms/query)"), ("hnsw_query_ms", "HNSW query (ms/query)"),
-                      ("classifier_step_ms", "classifier step (ms/batch of 256)"),
-                      ("mips_sample_ms_per_batch", "MIPS sample (ms/batch of 256)")):
-        pts = [(x, r[key]) for x, r in zip(xs, results, strict=True) if key in r]
-        if pts:
-            ax[0].loglog(*zip(*pts, strict=True), marker="o", label=name)
-    ax[0].set_xlabel("labels L")
-    ax[0].set_ylabel("milliseconds")
-    ax[0].legend(fontsize=8)
-    ax[0].grid(True, which="both", alpha=0.3)
-    for key, name in (("hnsw_build_s", "HNSW build (s)"), ("mips_rebuild_s", "IVF rebuild (s)"),
-                      ("peak_rss_mb", "peak memory (MiB)")):
-        pts = [(x, r[key]) for x, r in zip(xs, results, strict=True) if key in r]
-        if pts:
-            ax[1].loglog(*zip(*pts, strict=True), marker="o", label=name)
-    ax[1].set_xlabel("labels L")
-    ax[1].legend(fontsize=8)
-    ax[1].grid(True, which="both", alpha=0.3)
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, keys, ylabel in ((ax[0], QUERY_KEYS, "milliseconds (per query / per step)"),
+                               (ax[1], BUILD_KEYS, "seconds / MiB")):
+        for key, name in keys:
+            pts = sorted((r["labels"], r[key]) for r in results if key in r)
+            if pts:
+                axis.loglog(*zip(*pts, strict=True), marker="o", label=name)
+        axis.set_xlabel("labels L")
+        axis.set_ylabel(ylabel)
+        axis.legend(fontsize=7)
+        axis.grid(True, which="both", alpha=0.3)
     fig.suptitle("xmine cost vs number of labels (generated data, d=384, 2 CPU threads)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -158,35 +255,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labels", type=int, nargs="+")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--index-only", action="store_true")
+    parser.add_argument("--index-only", action="store_true", help="indexes only, no classifier/MIPS steps")
+    parser.add_argument("--stream", action="store_true",
+                        help="IVF-PQ over vectors generated chunk by chunk (for 1e7); adds to the saved results")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one L in this process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.index_only)))
+        print(json.dumps(measure_streaming(args.one) if args.stream else measure(args.one, args.index_only)))
         return
+    out = BENCH / "results"
+    out.mkdir(exist_ok=True)
     sizes = args.labels or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
-    results = []
+    # new measurements replace saved ones of the same L and kind; the others stay (so --stream adds 1e7)
+    saved = json.loads((out / "scale.json").read_text())["results"] if (out / "scale.json").exists() else []
+    results = [r for r in saved if (r["labels"], r.get("streamed", False)) not in {(n, args.stream) for n in sizes}]
     for n in sizes:
-        cmd = [sys.executable, __file__, "--one", str(n)] + (["--index-only"] if args.index_only else [])
+        cmd = [sys.executable, __file__, "--one", str(n)] + (["--index-only"] if args.index_only else []) + \
+            (["--stream"] if args.stream else [])
+        t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"L={n} failed:\n{proc.stderr[-2000:]}")
             continue
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        results.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": time.perf_counter() - t0})
         print(json.dumps(results[-1]), flush=True)
-    keys = ["labels", "hnsw_build_s", "exact_query_ms", "hnsw_query_ms", "hnsw_recall@10", "classifier_step_ms",
-            "classifier_points_per_s", "mips_rebuild_s", "mips_sample_ms_per_batch", "peak_rss_mb"]
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    results.sort(key=lambda r: (r["labels"], r.get("streamed", False)))
+    lines = ["| " + " | ".join(TABLE_KEYS) + " |", "|" + "---|" * len(TABLE_KEYS)]
     for r in results:
-        lines.append("| " + " | ".join(f"{r[k]:.4g}" if k in r else "" for k in keys) + " |")
-    laws = {k: slope(results, k) for k in ("exact_query_ms", "hnsw_query_ms", "hnsw_build_s", "classifier_step_ms",
-                                           "mips_sample_ms_per_batch", "peak_rss_mb")}
+        lines.append("| " + " | ".join(f"{r[k]:.4g}" if k in r else "" for k in TABLE_KEYS) + " |")
+    laws = {k: slope([r for r in results if not r.get("streamed")], k)
+            for k in ("exact_query_ms", "hnsw_query_ms", "ivfpq_query_ms", "hnsw_build_s", "classifier_step_ms",
+                      "mips_sample_ms_per_batch", "peak_rss_mb")}
     lines.append("")
-    lines.append("Log-log slopes (cost ~ L^slope): " + ", ".join(f"{k} {v:.2f}" for k, v in laws.items()
-                                                                   if v is not None))
+    lines.append("Log-log slopes over L = " + ", ".join(f"{r['labels']:.0e}" for r in results if not r.get("streamed"))
+                 + " (cost ~ L^slope): " + ", ".join(f"{k} {v:.2f}" for k, v in laws.items() if v is not None))
     text = "\n".join(lines)
-    out = BENCH / "results"
-    out.mkdir(exist_ok=True)
     (out / "scale.json").write_text(json.dumps({"results": results, "slopes": laws}, indent=2))
     (out / "scale.md").write_text(text + "\n")
     if results:
