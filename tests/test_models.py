@@ -119,6 +119,18 @@ def test_fusion_is_fitted_on_held_out_training_points(ngame):
     assert chosen >= max(selection["encoder"], selection["classifier"])
 
 
+def test_fusion_holdout_can_be_kept_out_of_stage1(ds, tiny_model_dir):
+    from xmine.config import FusionConfig
+    from xmine.models.ngame import fusion_holdout
+
+    config = _ngame_config(tiny_model_dir, epochs=1).replace(fusion=FusionConfig(holdout_from_stage1=True))
+    config = config.replace(classifier=ClassifierConfig(epochs=1, shortlist_size=20, hash_buckets=1 << 16))
+    model = NGAME.train(ds, config, progress=False)
+    labelled = np.diff(ds.train.labels.indptr) > 0
+    holdout = fusion_holdout(ds.train.n_points, config)
+    assert model.history["stage1"][0]["points_seen"] == int(labelled.sum() - labelled[holdout].sum())
+
+
 def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(ds, tiny_model_dir, tmp_path):
     full = _ngame_config(tiny_model_dir, epochs=4).replace(stages=[1])
     a = NGAME.train(ds, full, out_dir=tmp_path / "a", progress=False)
