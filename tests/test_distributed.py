@@ -131,3 +131,26 @@ def test_two_gloo_processes_train_the_mips_classifiers(small_hpo, tiny_model_dir
     counts = np.asarray(ds.train.labels.sum(0)).ravel()
     popularity = 100 * float(np.mean(ds.test.labels[:, int(np.argmax(counts))].toarray().ravel() > 0))
     assert evaluate(model.predict(ds.test.texts, k=5), ds.test.labels, ks=(1,))["P@1"] > popularity
+
+
+def test_bag_encoder_can_train_with_dense_gradients_for_nccl(small_hpo, tiny_model_dir):
+    """Under NCCL the bag encoder switches its token table to dense gradients (NCCL all-reduces dense
+    tensors only); it must still train."""
+    import torch
+
+    from xmine.encoders import build_encoder
+    from xmine.training.siamese import train_siamese
+
+    ds = load_dataset(small_hpo)
+    encoder = build_encoder(EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=32),
+                            list(ds.train.texts) + list(ds.label_texts))
+    encoder.use_dense_gradients()
+    optimizers = encoder.make_optimizers(1e-3, 1e-2)
+    assert not any(isinstance(o, torch.optim.SparseAdam) for o in optimizers) and not encoder.sparse_parameters()
+    before = encoder.embeddings.weight.detach().clone()
+    config = SiameseConfig(epochs=3, batch_size=256, lr_embeddings=1e-2, temperature=0.1, batching="random")
+    history = train_siamese(encoder, encoder.prepare(ds.train.texts), encoder.prepare(ds.label_texts),
+                            ds.train.labels, config, progress=False)
+    assert history.epochs[-1].loss < history.epochs[0].loss
+    assert not torch.equal(before, encoder.embeddings.weight)
+    assert encoder.embeddings.weight.grad is None or not encoder.embeddings.weight.grad.is_sparse

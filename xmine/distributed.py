@@ -140,6 +140,11 @@ def split_whole_clusters(parts: Sequence[np.ndarray], w: int) -> list[np.ndarray
     return [np.concatenate(s) if s else np.zeros(0, dtype=np.int64) for s in shares]
 
 
+def needs_dense_gradients() -> bool:
+    """NCCL all-reduces dense gradients only (gloo takes sparse ones too)."""
+    return is_distributed() and dist.get_backend() == "nccl"
+
+
 def wrap(module: torch.nn.Module) -> torch.nn.Module:
     """DistributedDataParallel around `module` when distributed, else `module` itself."""
     if not is_distributed():
@@ -152,6 +157,6 @@ def wrap(module: torch.nn.Module) -> torch.nn.Module:
     sparse = [m for m in module.modules() if isinstance(m, torch.nn.Embedding | torch.nn.EmbeddingBag) and m.sparse]
     if sparse and dist.get_backend() == "nccl":
         # DDP all-reduces sparse gradients with gloo only
-        raise ConfigError("the bag-of-embeddings encoder trains with sparse gradients, which NCCL cannot "
-                          "all-reduce: on GPUs use --encoder transformer, or XMINE_DIST_BACKEND=gloo")
+        raise ConfigError("sparse gradients cannot be all-reduced by NCCL: call the encoder's "
+                          "use_dense_gradients() first, or set XMINE_DIST_BACKEND=gloo")
     return DistributedDataParallel(module, device_ids=[device.index] if device is not None else None)

@@ -58,6 +58,9 @@ class Encoder(nn.Module):
         """Parameters with sparse gradients (a token-embedding table), for torch.optim.SparseAdam."""
         return []
 
+    def use_dense_gradients(self) -> None:
+        """Train every parameter with dense gradients (NCCL cannot all-reduce sparse ones). No-op here."""
+
     def make_optimizers(self, lr: float, lr_embeddings: float, weight_decay: float = 0.0
                         ) -> list[torch.optim.Optimizer]:
         """AdamW over the dense parameters, SparseAdam over a sparse embedding table: only the rows

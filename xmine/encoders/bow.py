@@ -109,10 +109,17 @@ class BowEncoder(Encoder):
         return nn.functional.normalize(self.head(x), dim=-1)
 
     def parameter_groups(self, lr: float, lr_embeddings: float) -> list[dict[str, Any]]:
-        return [{"params": [p for n, p in self.named_parameters() if not n.startswith("embeddings.")], "lr": lr}]
+        groups = [{"params": [p for n, p in self.named_parameters() if not n.startswith("embeddings.")], "lr": lr}]
+        if not self.embeddings.sparse:
+            groups.append({"params": [self.embeddings.weight], "lr": lr_embeddings})
+        return groups
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        return [self.embeddings.weight]
+        return [self.embeddings.weight] if self.embeddings.sparse else []
+
+    def use_dense_gradients(self) -> None:
+        # slower on CPU (the whole table's gradient every step) but all-reducible by NCCL on GPUs
+        self.embeddings.sparse = False
 
     def _save_extra(self, directory: Path) -> None:
         self.tokenizer.save_pretrained(directory / "tokenizer")

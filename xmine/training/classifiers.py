@@ -120,6 +120,8 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
     keep = np.flatnonzero(np.diff(labels.indptr) > 0)
     trainable_encoder = encoder is not None and config.finetune_encoder
     progress = progress and distributed.is_main()
+    if trainable_encoder and distributed.needs_dense_gradients():
+        encoder.use_dense_gradients()
     model = distributed.wrap(ClassifierStep(classifiers, encoder if trainable_encoder else None))
     optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(classifiers.dense_parameters(), lr=config.lr)]
     if classifiers.use_sparse:

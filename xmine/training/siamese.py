@@ -145,6 +145,8 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
             raise XmineError(f"cluster size {too_big[0]} is larger than the training set ({len(keep)} points)")
     world, my_rank = distributed.world_size(), distributed.rank()
     progress = progress and distributed.is_main()
+    if distributed.needs_dense_gradients():
+        encoder.use_dense_gradients()
     model = distributed.wrap(SiameseForward(encoder))
     optimizers = encoder.make_optimizers(config.lr, config.lr_embeddings, config.weight_decay)
     dense_params = [p for g in encoder.parameter_groups(config.lr, config.lr_embeddings) for p in g["params"]]
