@@ -319,7 +319,8 @@ class NGAME(XMCModel):
         if not emb_path.exists():
             raise ModelError(f"{directory}: label embeddings missing ({emb_path})")
         encoder = load_encoder(directory / "encoder", device=device or "cpu")
-        label_embeddings = np.load(emb_path)
+        # memory-mapped: prediction reads only the candidates' rows, so millions of labels need not be resident
+        label_embeddings = np.load(emb_path, mmap_mode="r")
         label_index = LabelIndex.load(directory / "label_embeddings" / "index")
         knn = TfidfKNN.load(directory / "tfidf") if (directory / "tfidf").exists() else None
         classifiers = classifier_index = fusion = None
