@@ -205,7 +205,8 @@ class NGAME(XMCModel):
         batch_rng = np.random.default_rng([cfg.classifier.seed, 13])
         mips = None
         if cfg.classifier.classifier_index_negatives > 0 and classifiers.weight is not None:
-            mips = MIPSNegativeSampler(self.n_labels, cfg.classifier.classifier_index_negatives, 0, cfg.index)
+            mips = MIPSNegativeSampler(self.n_labels, cfg.classifier.classifier_index_negatives, 0,
+                                       cfg.classifier.negatives_index)
 
         def refresh_classifier_index(epoch: int, step: int) -> None:
             if mips is not None:
