@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from readme import update_block
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 
@@ -55,6 +57,7 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md's DIST block")
     parser.add_argument("--work", default="/tmp/xmine-bench-distributed")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -80,6 +83,8 @@ def main() -> None:
     (out / "distributed.md").write_text(text + "\n")
     (out / "distributed.json").write_text(json.dumps(results, indent=2))
     print(text)
+    if args.update_readme:
+        update_block("DIST", text)
 
 
 if __name__ == "__main__":

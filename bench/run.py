@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from readme import update_block
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DATA = Path(os.environ.get("XMINE_BENCH_DATA", REPO.parent / "shared" / "data"))
@@ -205,14 +207,6 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), {mem:.0f} GiB RAM, {gpu}"
 
 
-def update_readme(text: str) -> None:
-    readme = REPO / "README.md"
-    content = readme.read_text()
-    start, end = "<!-- BENCH:START -->", "<!-- BENCH:END -->"
-    new = content[:content.index(start) + len(start)] + "\n" + text + "\n" + content[content.index(end):]
-    readme.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=["main", "ngame", "mips"], default="main")
@@ -246,7 +240,7 @@ def main() -> None:
     if args.update_readme:
         if args.suite != "main":
             raise SystemExit("--update-readme rewrites the main results table; use it with --suite main")
-        update_readme(text)
+        update_block("BENCH", text)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ Writes bench/results/scale.json, scale.md and scale.png (log-log).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -30,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from readme import update_block
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))  # run from a clone without installing: xmine is imported from the repo
@@ -258,6 +262,8 @@ def main() -> None:
     parser.add_argument("--index-only", action="store_true", help="indexes only, no classifier/MIPS steps")
     parser.add_argument("--stream", action="store_true",
                         help="IVF-PQ over vectors generated chunk by chunk (for 1e7); adds to the saved results")
+    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md's SCALE block")
+    parser.add_argument("--report", action="store_true", help="measure nothing: rebuild the table from saved results")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one L in this process
     args = parser.parse_args()
     if args.one:
@@ -265,7 +271,7 @@ def main() -> None:
         return
     out = BENCH / "results"
     out.mkdir(exist_ok=True)
-    sizes = args.labels or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+    sizes = [] if args.report else args.labels or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     # new measurements replace saved ones of the same L and kind; the others stay (so --stream adds 1e7)
     saved = json.loads((out / "scale.json").read_text())["results"] if (out / "scale.json").exists() else []
     results = [r for r in saved if (r["labels"], r.get("streamed", False)) not in {(n, args.stream) for n in sizes}]
@@ -289,12 +295,22 @@ def main() -> None:
     lines.append("")
     lines.append("Log-log slopes over L = " + ", ".join(f"{r['labels']:.0e}" for r in results if not r.get("streamed"))
                  + " (cost ~ L^slope): " + ", ".join(f"{k} {v:.2f}" for k, v in laws.items() if v is not None))
+    lines.append("")
+    lines.append("![cost vs number of labels](bench/results/scale.png)")
+    lines.insert(0, f"Measured {dt.date.today().isoformat()} on {os.cpu_count()} CPU cores "
+                    f"({platform.machine()}), 2 threads, each L in its own process, with `python bench/scale.py` "
+                    "(and `--labels 10000000 --stream` for the last row). Times in ms per query (batch of "
+                    f"{N_QUERIES} queries) or per training step (batch 256); `_mib` columns: index size; recall "
+                    "against exact search on the same queries; `recall10@100`: share of the exact top 10 found "
+                    "in the index's top 100 (a shortlist).\n")
     text = "\n".join(lines)
     (out / "scale.json").write_text(json.dumps({"results": results, "slopes": laws}, indent=2))
     (out / "scale.md").write_text(text + "\n")
     if results:
         plot(results, out / "scale.png")
     print(text)
+    if args.update_readme:
+        update_block("SCALE", text)
 
 
 if __name__ == "__main__":
