@@ -196,16 +196,18 @@ def measure_streaming(n_labels: int) -> dict:
         index.search(q[None], 10)
         one.append(time.perf_counter())
     result["ivfpq_latency_p50_ms"] = 1000 * float(np.median(np.diff(one)))
-    # exact reference, streamed over the chunks
-    t0 = time.perf_counter()
+    # exact reference, streamed over the chunks (timed: the search only, not the chunks' generation)
+    search_s = 0.0
     best_s = np.full((len(queries), 10), -np.inf, dtype=np.float32)
     best_i = np.full((len(queries), 10), -1, dtype=np.int64)
     for c, chunk in enumerate(label_chunks(n_labels)):
+        t0 = time.perf_counter()
         s, i = faiss.knn(queries, chunk, 10, metric=faiss.METRIC_INNER_PRODUCT)
+        search_s += time.perf_counter() - t0
         s_all, i_all = np.concatenate([best_s, s], 1), np.concatenate([best_i, i + c * CHUNK], 1)
         top = np.argsort(-s_all, axis=1)[:, :10]
         best_s, best_i = np.take_along_axis(s_all, top, 1), np.take_along_axis(i_all, top, 1)
-    result["exact_query_ms"] = 1000 * (time.perf_counter() - t0) / len(queries)
+    result["exact_query_ms"] = 1000 * search_s / len(queries)
     result["ivfpq_recall@10"] = _recall(ids, best_i)
     result["ivfpq_recall10@100"] = _recall(ids100, best_i)
     result["peak_rss_mb"] = peak_rss_mb()
