@@ -9,7 +9,7 @@ is that L's alone):
   - a short training run of the classifiers (dense + hashed sparse features) on shortlists: time per step
   - the MIPS negative sampler: rebuild (IVF) and sample time per batch
   - peak resident memory
-At 10^7 labels (`--stream`) the label vectors (15 GiB as float32) are never held in memory: they are
+At 10^7 labels (`--stream`) the label vectors (14.3 GiB as float32) are never held in memory: they are
 generated chunk by chunk into an IVF-PQ index, and the exact reference for recall streams over the chunks.
 
   python bench/scale.py                   # L = 1e4, 1e5, 1e6 (about 25 minutes on 2 cores)

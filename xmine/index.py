@@ -4,7 +4,7 @@
 Similarity is the inner product (cosine for L2-normalised vectors). Backends (faiss):
 "exact" (flat inner product), "hnsw" (graph; NGAME's choice), "ivf" (inverted lists; the
 MIPS-negatives paper's choice) and "ivfpq" (inverted lists of product-quantised codes, `pq_bytes` per
-vector, for millions of labels: 10^7 x 384 floats take 15 GiB, their 48-byte codes 0.5 GiB). `storage=
+vector, for millions of labels: 10^7 x 384 floats take 14.3 GiB, their 48-byte codes 0.5 GiB). `storage=
 "float16"` halves exact/HNSW memory. Results are (n, k) arrays; missing neighbours (k > number of
 vectors) have id -1 and score -inf. `LabelIndex.build_streaming` adds vectors chunk by chunk, so that
 an index over more vectors than fit in memory as float32 can be built.
