@@ -172,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         progress=not args.quiet and distributed.is_main())
     seconds = time.perf_counter() - start
     if not distributed.is_main():  # rank 0 writes the model directory
-        distributed.barrier()
+        distributed.shutdown()
         return 0
     model.save(args.out)
     meta = read_model_config(args.out)
@@ -182,7 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {args.method} on {dataset.name} ({dataset.train.n_points} points, {dataset.n_labels} labels) "
           f"in {seconds:.1f}s -> {args.out}"
           + (f" ({distributed.world_size()} processes)" if distributed.is_distributed() else ""))
-    distributed.barrier()
+    distributed.shutdown()
     return 0
 
 

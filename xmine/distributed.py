@@ -62,6 +62,13 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group (after the last collective)."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def local_device() -> torch.device | None:
     """The CUDA device of this rank under NCCL (LOCAL_RANK); None when the config decides."""
     if is_distributed() and dist.get_backend() == "nccl":
