@@ -78,23 +78,35 @@ def _recall(ids: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / ref.shape[1] for a, b in zip(ids, ref, strict=True)]))
 
 
-def _time_index(result: dict, name: str, build, queries: np.ndarray, ref: np.ndarray | None) -> None:  # noqa: ANN001
-    t0 = time.perf_counter()
-    index = build()
-    result[f"{name}_build_s"] = time.perf_counter() - t0
+def _time_index(result: dict, name: str, index, queries: np.ndarray, shortlist: bool = True  # noqa: ANN001
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Size, batched query time and single-query latency of a built index; returns its top-10 (and, with
+    `shortlist`, top-100) ids for the queries (the recall is recorded by `_record_recall` once the exact
+    answer is known)."""
     result[f"{name}_mib"] = index.memory_bytes / 2**20
     t0 = time.perf_counter()
     _, ids = index.search(queries, 10)
     result[f"{name}_query_ms"] = 1000 * (time.perf_counter() - t0) / len(queries)
-    if ref is not None:  # as a shortlist: how many of the true top 10 are among the index's top 100
-        result[f"{name}_recall10@100"] = _recall(index.search(queries, 100)[1], ref)
     one = [time.perf_counter()]
     for q in queries[:100]:  # one query at a time: the latency a service sees
         index.search(q[None], 10)
         one.append(time.perf_counter())
     result[f"{name}_latency_p50_ms"] = 1000 * float(np.median(np.diff(one)))
-    if ref is not None:
-        result[f"{name}_recall@10"] = _recall(ids, ref)
+    return ids, index.search(queries, 100)[1] if shortlist else None
+
+
+def _record_recall(result: dict, name: str, ids: tuple[np.ndarray, np.ndarray], ref: np.ndarray) -> None:
+    result[f"{name}_recall@10"] = _recall(ids[0], ref)
+    # as a shortlist: how many of the true top 10 are among the index's top 100
+    result[f"{name}_recall10@100"] = _recall(ids[1], ref)
+
+
+def _build_and_time(result: dict, name: str, build, queries: np.ndarray  # noqa: ANN001
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    t0 = time.perf_counter()
+    index = build()
+    result[f"{name}_build_s"] = time.perf_counter() - t0
+    return _time_index(result, name, index, queries)
 
 
 def measure(n_labels: int, index_only: bool) -> dict:
@@ -115,13 +127,11 @@ def measure(n_labels: int, index_only: bool) -> dict:
     result: dict = {"labels": n_labels, "points": N_POINTS, "dim": DIM, "generate_s": time.perf_counter() - t0}
     queries = points[:N_QUERIES]
     exact = LabelIndex.build(labels, IndexConfig(kind="exact"))
-    _time_index(result, "exact", lambda: exact, queries, None)
-    _, ref = exact.search(queries, 10)
-    _time_index(result, "hnsw", lambda: LabelIndex.build(labels, IndexConfig(kind="hnsw", M=32, ef_construction=100,
-                                                                             ef_search=100, exact_below=0)),
-                queries, ref)
-    _time_index(result, "ivfpq", lambda: LabelIndex.build(labels, IndexConfig(kind="ivfpq", pq_bytes=48, nprobe=64,
-                                                                              exact_below=0)), queries, ref)
+    ref = _time_index(result, "exact", exact, queries, shortlist=False)[0]
+    for name, config in (("hnsw", IndexConfig(kind="hnsw", M=32, ef_construction=100, ef_search=100, exact_below=0)),
+                         ("ivfpq", IndexConfig(kind="ivfpq", pq_bytes=48, nprobe=64, exact_below=0))):
+        ids = _build_and_time(result, name, lambda config=config: LabelIndex.build(labels, config), queries)
+        _record_recall(result, name, ids, ref)
     if not index_only:
         # a short training run: 20 steps of batch 256; candidates = positives + 100 sampled labels (the shortlist
         # search is timed above as an index query), sparse part 20 features per point
@@ -183,19 +193,8 @@ def measure_streaming(n_labels: int) -> dict:
     queries = train[rng.choice(len(train), 200, replace=False)]
     queries = _normalise(queries + 0.05 * rng.standard_normal(queries.shape, dtype=np.float32))
     config = IndexConfig(kind="ivfpq", pq_bytes=48, nprobe=64, nlist=4096, exact_below=0)
-    t0 = time.perf_counter()
-    index = LabelIndex.build_streaming(label_chunks(n_labels), n_labels, train, config)
-    result["ivfpq_build_s"] = time.perf_counter() - t0
-    result["ivfpq_mib"] = index.memory_bytes / 2**20
-    t0 = time.perf_counter()
-    _, ids = index.search(queries, 10)
-    result["ivfpq_query_ms"] = 1000 * (time.perf_counter() - t0) / len(queries)
-    ids100 = index.search(queries, 100)[1]
-    one = [time.perf_counter()]
-    for q in queries[:100]:
-        index.search(q[None], 10)
-        one.append(time.perf_counter())
-    result["ivfpq_latency_p50_ms"] = 1000 * float(np.median(np.diff(one)))
+    ids = _build_and_time(result, "ivfpq", lambda: LabelIndex.build_streaming(label_chunks(n_labels), n_labels,
+                                                                              train, config), queries)
     # exact reference, streamed over the chunks (timed: the search only, not the chunks' generation)
     search_s = 0.0
     best_s = np.full((len(queries), 10), -np.inf, dtype=np.float32)
@@ -208,8 +207,7 @@ def measure_streaming(n_labels: int) -> dict:
         top = np.argsort(-s_all, axis=1)[:, :10]
         best_s, best_i = np.take_along_axis(s_all, top, 1), np.take_along_axis(i_all, top, 1)
     result["exact_query_ms"] = 1000 * search_s / len(queries)
-    result["ivfpq_recall@10"] = _recall(ids, best_i)
-    result["ivfpq_recall10@100"] = _recall(ids100, best_i)
+    _record_recall(result, "ivfpq", ids, best_i)
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 

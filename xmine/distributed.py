@@ -85,12 +85,11 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def all_gather_rows(local: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+def all_gather_rows(local: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's (n_r, ...) tensor along dim 0 (uneven n_r allowed). This rank's slice is
-    `local` itself, so gradients flow into it; the other ranks' slices are constants. Returns the
-    gathered tensor and the per-rank row counts."""
+    `local` itself, so gradients flow into it; the other ranks' slices are constants."""
     if not is_distributed():
-        return local, [local.shape[0]]
+        return local
     n = torch.tensor([local.shape[0]], device=local.device)
     counts = [torch.zeros_like(n) for _ in range(world_size())]
     dist.all_gather(counts, n)
@@ -101,15 +100,14 @@ def all_gather_rows(local: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     pieces = [local if r == rank() else parts[r][:sizes[r]] for r in range(len(sizes))]
-    return torch.cat(pieces, dim=0), sizes
+    return torch.cat(pieces, dim=0)
 
 
 def all_gather_numpy(local: np.ndarray) -> np.ndarray:
     """Rows of every rank's array, in rank order (no gradients)."""
     if not is_distributed():
         return local
-    gathered, _ = all_gather_rows(torch.from_numpy(np.ascontiguousarray(local)).to(_comm_device()))
-    return gathered.cpu().numpy()
+    return all_gather_rows(torch.from_numpy(np.ascontiguousarray(local)).to(_comm_device())).cpu().numpy()
 
 
 def all_reduce_mean(value: float) -> float:

@@ -91,9 +91,7 @@ def local_batches(sampler: ClusterBatchSampler, rank: int, world_size: int) -> I
                 yield batch, batch
             continue
         shares = distributed.split_whole_clusters(parts, world_size)
-        if min(len(s) for s in shares) == 0:
-            shares = distributed.split_whole_clusters([np.concatenate(parts)], world_size)
-        if min(len(s) for s in shares) == 0 or sum(len(s) for s in shares) < 2:
+        if min(len(s) for s in shares) == 0:  # fewer points than ranks
             continue
         yield np.concatenate(shares), shares[rank]
 
@@ -189,8 +187,8 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
             mask = co_positive_mask(labels, batch, batch_labels).to(device)
             with torch.autocast(device_type=device.type, enabled=use_amp):
                 point_emb, label_emb = model(points.select(mine), label_inputs.select(positives[mine]))
-                point_emb, _ = distributed.all_gather_rows(point_emb.float())
-                label_emb, _ = distributed.all_gather_rows(label_emb.float())
+                point_emb = distributed.all_gather_rows(point_emb.float())
+                label_emb = distributed.all_gather_rows(label_emb.float())
                 similarity = point_emb @ label_emb.T
                 loss = loss_fn(similarity, mask)
             for opt in optimizers:
