@@ -82,12 +82,21 @@ def _config(tiny_model_dir: Path, epochs: int) -> NGAMEConfig:
                        stages=[1])
 
 
-def _torchrun(nproc: int, args: list[str]) -> None:
+def _torchrun(nproc: int, args: list[str], expect_ok: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "xmine", "-q", "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if expect_ok:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_a_method_without_a_training_loop_is_a_clear_error_under_torchrun(small_hpo, tmp_path):
+    proc = _torchrun(2, ["--method", "knn", "--data", str(small_hpo), "--out", str(tmp_path / "knn")],
+                     expect_ok=False)
+    assert proc.returncode != 0
+    assert "--method knn has no training loop to run data-parallel" in proc.stdout + proc.stderr
 
 
 def test_two_gloo_processes_match_one_process_and_resume_with_one(small_hpo, tiny_model_dir, tmp_path):

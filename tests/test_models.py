@@ -151,6 +151,30 @@ def test_stage2_alone_starts_from_a_saved_stage1_model(ds, ngame, tiny_model_dir
         NGAME.train(ds, config, progress=False)
 
 
+def test_stage2_classifier_index_negatives_come_from_the_configured_index(ds, ngame, tiny_model_dir, monkeypatch):
+    """`classifier.negatives_index` picks the index that NGAME stage 2 searches for its classifier-index
+    negatives (HNSW above `exact_below` labels, exact below)."""
+    import xmine.models.ngame as ngame_module
+    from xmine.config import IndexConfig
+
+    built = []
+
+    class Recording(ngame_module.MIPSNegativeSampler):
+        def rebuild(self, label_vectors):
+            super().rebuild(label_vectors)
+            built.append(self.index.kind)
+
+    monkeypatch.setattr(ngame_module, "MIPSNegativeSampler", Recording)
+    _, out = ngame
+    base = _ngame_config(tiny_model_dir).replace(stages=[2])
+    for exact_below, kind in ((0, "hnsw"), (10**9, "exact")):
+        built.clear()
+        index = IndexConfig(kind="hnsw", ef_construction=40, ef_search=32, exact_below=exact_below)
+        config = base.replace(classifier=base.classifier.replace(epochs=1, negatives_index=index))
+        NGAME.train(ds, config, init_from=out, progress=False)
+        assert built == [kind]
+
+
 def test_empty_label_text_is_a_clear_error(ds, tiny_model_dir):
     ds_bad = load_dataset(ds.path)
     ds_bad.label_texts[3] = "  "

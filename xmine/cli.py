@@ -159,7 +159,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.data or not args.out:
         raise XmineError("xmine train needs --data DIR and --out MODEL_DIR")
-    dataset = load_dataset(args.data, text_variant=args.text_variant)
     if distributed.init_from_env():
         if args.method not in ("ngame", "mips"):
             raise XmineError(f"--method {args.method} has no training loop to run data-parallel; "
@@ -167,6 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if distributed.local_device() is None and not os.environ.get("OMP_NUM_THREADS"):
             # processes on one CPU machine share its cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    dataset = load_dataset(args.data, text_variant=args.text_variant)
     start = time.perf_counter()
     model = train_model(args.method, dataset, config, args.out, resume=args.resume, init_from=args.init_from,
                         progress=not args.quiet and distributed.is_main())
@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(func=cmd_data_stats)
 
     train = sub.add_parser("train", help="train a model", description="Train a model. Configuration: defaults "
-                           "< --config FILE (JSON, or a preset name: ngame-paper, mips-paper) < --set < flags.")
+                           "< --config FILE (JSON, or a preset name: ngame-paper, mips-paper) < --set < flags. "
+                           "Data-parallel (ngame, mips): torchrun --nproc-per-node N -m xmine train ... "
+                           "(gloo on CPUs, NCCL on GPUs; siamese.batch_size is then the global batch).")
     train.add_argument("--data", help="dataset directory")
     train.add_argument("--out", help="model directory to write")
     train.add_argument("--method", choices=["ngame", "mips", "knn"], default="ngame")
