@@ -104,14 +104,18 @@ def test_two_gloo_processes_match_one_process_and_resume_with_one(small_hpo, tin
     negatives span both ranks (all-gather) and the gradients are averaged. The losses then agree up to
     float32 re-association (rows gathered in a different order, gradients summed across processes), which
     stays far below 1e-3 relative over these epochs. The 2-rank checkpoint resumes in one process."""
+    from xmine.models.ngame import stage1_unseen
+
     ds = load_dataset(small_hpo)
-    n_with_labels = int(np.sum(np.diff(ds.train.labels.indptr) > 0))
+    labelled = np.diff(ds.train.labels.indptr) > 0
+    # every labelled point but those kept unseen for the fusion's leakage check
+    n_trained = int(labelled.sum() - labelled[stage1_unseen(ds.train.n_points, _config(tiny_model_dir, 2))].sum())
     config_file = tmp_path / "stage1.json"
     _config(tiny_model_dir, epochs=2).save(config_file)
     _torchrun(2, ["--method", "ngame", "--data", str(small_hpo), "--out", str(tmp_path / "two"),
                   "--config", str(config_file)])
     two = json.loads((tmp_path / "two" / "history.json").read_text())["stage1"]
-    assert [e["points_seen"] for e in two] == [n_with_labels] * 2
+    assert [e["points_seen"] for e in two] == [n_trained] * 2
 
     one = NGAME.train(ds, _config(tiny_model_dir, epochs=4), out_dir=tmp_path / "one", progress=False)
     ref = [e["loss"] for e in one.history["stage1"]]

@@ -73,3 +73,35 @@ def test_lookup_csr():
     m = sp.csr_matrix(np.array([[0, 2.0, 0], [1.0, 0, 3.0]]))
     cand = np.array([[1, 0, -1], [2, 0, 1]])
     assert np.array_equal(lookup_csr(m, cand), [[2, 0, 0], [3, 1, 0]])
+
+
+def test_leakage_check_refits_on_unseen_points_when_the_encoder_memorised_the_others():
+    cand, scores, truth, inv_p = _problem(3, n=800)
+    relevant = lookup_csr(truth, cand) > 0
+    unseen = np.zeros(len(cand), dtype=bool)
+    unseen[600:] = True
+    # on the points its training saw, the encoder "knows" the answer; on the unseen ones it is pure noise
+    leaky = scores["encoder"].copy()
+    leaky[~unseen] = relevant[~unseen] * 5.0
+    leaky[unseen] = np.random.default_rng(9).normal(0, 0.3, leaky[unseen].shape)
+    leaky_scores = {"classifier": scores["classifier"], "encoder": leaky}
+    fusion = ScoreFusion(FusionConfig(), inv_p, ("classifier", "encoder"))
+    report = fusion.fit_checked(leaky_scores, cand, truth, unseen)
+    assert report["encoder_ndcg5_seen"] > 90 > report["encoder_ndcg5_unseen"]
+    assert report["fitted_on"] == "unseen"
+    assert report["fitted_on_unseen_ndcg5_crossfit"] > report["fitted_on_seen_ndcg5_unseen"]
+    # the chosen fusion ranks the unseen points at least as well as the classifier alone
+    rows = np.flatnonzero(unseen)
+    sub = {k: v[rows] for k, v in leaky_scores.items()}
+    assert fusion.held_out_ndcg(sub, cand[rows], truth[rows]) >= _ndcg5(sub["classifier"], cand[rows],
+                                                                         truth[rows]) - 1.0
+
+
+def test_leakage_check_keeps_all_points_when_seen_and_unseen_agree():
+    cand, scores, truth, inv_p = _problem(4, n=800)
+    unseen = np.zeros(len(cand), dtype=bool)
+    unseen[600:] = True
+    fusion = ScoreFusion(FusionConfig(), inv_p, ("classifier", "encoder"))
+    report = fusion.fit_checked(scores, cand, truth, unseen)
+    assert report["fitted_on"] == "all"
+    assert report["selection"][fusion.mode] == max(report["selection"].values())

@@ -119,16 +119,30 @@ def test_fusion_is_fitted_on_held_out_training_points(ngame):
     assert chosen >= max(selection["encoder"], selection["classifier"])
 
 
-def test_fusion_holdout_can_be_kept_out_of_stage1(ds, tiny_model_dir):
+def test_some_fusion_points_are_kept_out_of_stage1_and_checked(ds, tiny_model_dir):
     from xmine.config import FusionConfig
-    from xmine.models.ngame import fusion_holdout
+    from xmine.models.ngame import fusion_holdout, stage1_unseen
 
-    config = _ngame_config(tiny_model_dir, epochs=1).replace(fusion=FusionConfig(holdout_from_stage1=True))
+    config = _ngame_config(tiny_model_dir, epochs=1).replace(fusion=FusionConfig(holdout_points=200,
+                                                                                 stage1_unseen_points=80))
     config = config.replace(classifier=ClassifierConfig(epochs=1, shortlist_size=20, hash_buckets=1 << 16))
     model = NGAME.train(ds, config, progress=False)
     labelled = np.diff(ds.train.labels.indptr) > 0
-    holdout = fusion_holdout(ds.train.n_points, config)
-    assert model.history["stage1"][0]["points_seen"] == int(labelled.sum() - labelled[holdout].sum())
+    unseen = stage1_unseen(ds.train.n_points, config)
+    assert len(unseen) == 80 and set(unseen) <= set(fusion_holdout(ds.train.n_points, config))
+    assert model.history["stage1"][0]["points_seen"] == int(labelled.sum() - labelled[unseen].sum())
+    check = model.history["fusion_check"]
+    assert check["unseen_points"] == 80 and check["fitted_on"] in ("all", "unseen")
+
+
+def test_models_saved_with_the_old_holdout_flag_still_load(ngame):
+    from xmine.config import NGAMEConfig
+
+    model, _ = ngame
+    old = model.config.to_dict()
+    old["fusion"].pop("stage1_unseen_points")
+    old["fusion"]["holdout_from_stage1"] = True
+    assert NGAMEConfig.from_dict(old).fusion.stage1_unseen_points == old["fusion"]["holdout_points"]
 
 
 def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(ds, tiny_model_dir, tmp_path):

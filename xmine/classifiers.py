@@ -76,14 +76,16 @@ class LabelClassifiers(nn.Module):
               candidates: np.ndarray) -> torch.Tensor:
         """Scores (B, C) of candidate labels (B, C) (entries < 0 are padding, scored 0)."""
         cand = torch.from_numpy(np.maximum(candidates, 0)).to(self.bias.device)
-        out = self.bias[cand]
+        # index_select rather than [] indexing: its backward is an index_add, several times faster on CPU
+        # than the sorting index_put that advanced indexing backpropagates through
+        out = self.bias.index_select(0, cand.reshape(-1)).view(cand.shape)
         if self.use_dense:
             if embeddings is None:
                 raise XmineError("these classifiers need dense embeddings")
             # score against the batch's distinct candidates only, then pick: avoids materialising a
             # (B, C, d) tensor of gathered weights (the dominant cost of a step otherwise)
             unique, inverse = torch.unique(cand, return_inverse=True)
-            dense = embeddings @ self.weight[unique].T  # (B, U)
+            dense = embeddings @ self.weight.index_select(0, unique).T  # (B, U)
             out = out + dense.gather(1, inverse)
         if self.use_sparse:
             if sparse_x is None:
@@ -103,12 +105,15 @@ class LabelClassifiers(nn.Module):
         feat_pos = sparse_x.indptr[point_of_entry] + within
         label_of_entry = np.repeat(np.maximum(candidates, 0).ravel(), pair_len)
         buckets = hash_pairs(label_of_entry, sparse_x.indices[feat_pos], self.hash_buckets)
-        offsets = np.zeros(b * c, dtype=np.int64)
-        np.cumsum(pair_len[:-1], out=offsets[1:])
         device = self.sparse_table.weight.device
-        scores = self.sparse_table(torch.from_numpy(buckets).to(device), torch.from_numpy(offsets).to(device),
-                                   per_sample_weights=torch.from_numpy(sparse_x.data[feat_pos].astype(np.float32))
-                                   .to(device))
+        # gather + index_add instead of EmbeddingBag: the same sums, but the backward is an index_add into the
+        # table's gradient, where EmbeddingBag's dense backward sorts every lookup (3x slower measured)
+        table = self.sparse_table.weight.view(-1)
+        contributions = table.index_select(0, torch.from_numpy(buckets).to(device)) * \
+            torch.from_numpy(sparse_x.data[feat_pos].astype(np.float32)).to(device)
+        pair_of_entry = torch.from_numpy(np.repeat(np.arange(b * c), pair_len)).to(device)
+        scores = torch.zeros(b * c, device=device, dtype=contributions.dtype).index_add(0, pair_of_entry,
+                                                                                        contributions)
         return scores.view(b, c)
 
     def save(self, directory: str | Path) -> None:

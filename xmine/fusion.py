@@ -10,6 +10,10 @@ decision tree. Fitted there: a logistic regression and NGAME's small decision tr
 features; the fusion keeps whichever of [regression, tree, regression + tree, each source alone] has
 the best nDCG@5 on that held-out sample, so it is never worse there than any of its inputs.
 "fixed": weight * sigmoid(classifier) + (1 - weight) * encoder similarity.
+
+`fit_checked` guards against leakage: when some held-out points were also unseen by the encoder's
+training, the fusion fitted on the others is judged on them against one fitted on them alone
+(2-fold cross-fitted), and the better one on those clean points is kept.
 """
 
 from __future__ import annotations
@@ -74,6 +78,18 @@ def _tree_predict(tree: dict[str, np.ndarray], features: np.ndarray) -> np.ndarr
     return tree["proba"][node]
 
 
+def ndcg_at_5(fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_matrix) -> float:
+    """nDCG@5 of ranking each row's candidates by `fused` (padding candidates never rank)."""
+    fused = np.where(candidates >= 0, fused, -np.inf)
+    pred = csr_row_topk(csr_from_topk(fused, candidates, true_labels.shape[1]), 5)
+    return evaluate(pred, true_labels, ks=(5,), recall_ks=())["nDCG@5"]
+
+
+def _rows(scores: dict[str, np.ndarray], candidates: np.ndarray, true_labels: sp.csr_matrix, rows: np.ndarray
+          ) -> tuple[dict[str, np.ndarray], np.ndarray, sp.csr_matrix]:
+    return {k: v[rows] for k, v in scores.items()}, candidates[rows], true_labels[rows]
+
+
 class ScoreFusion:
     def __init__(self, config: FusionConfig, inv_propensity: np.ndarray, sources: tuple[str, ...]) -> None:
         unknown = set(sources) - set(SOURCES)
@@ -130,7 +146,6 @@ class ScoreFusion:
         if self.config.kind == "fixed":
             self.mode = "fixed"
             return {}
-        n_labels = true_labels.shape[1]
         valid = candidates.ravel() >= 0
         target = lookup_csr(sp.csr_matrix((np.ones(true_labels.nnz), true_labels.indices, true_labels.indptr),
                                           shape=true_labels.shape), candidates).ravel() > 0
@@ -146,14 +161,47 @@ class ScoreFusion:
         self.coef = np.concatenate([weights, [lr.intercept_[0] - float(weights @ mean)]])
         tree = DecisionTreeClassifier(max_depth=self.config.max_depth, min_samples_leaf=50, random_state=seed)
         self.tree = _tree_arrays(tree.fit(x, y))
-        results: dict[str, float] = {}
-        for mode in (*self.sources, "lr", "tree", "lr+tree"):
-            fused = np.where(candidates >= 0, self._score_mode(mode, scores, candidates, features), -np.inf)
-            pred = csr_row_topk(csr_from_topk(fused, candidates, n_labels), 5)
-            results[mode] = evaluate(pred, true_labels, ks=(5,), recall_ks=())["nDCG@5"]
+        results = {mode: ndcg_at_5(self._score_mode(mode, scores, candidates, features), candidates, true_labels)
+                   for mode in (*self.sources, "lr", "tree", "lr+tree")}
         self.mode = max(results, key=lambda m: (results[m], m in ("lr", "tree", "lr+tree")))
         self.selection = results
         return results
+
+    def held_out_ndcg(self, scores: dict[str, np.ndarray], candidates: np.ndarray, true_labels: sp.csr_matrix
+                      ) -> float:
+        """nDCG@5 of the fitted fusion on points it was not fitted on."""
+        return ndcg_at_5(self.combine(scores, candidates), candidates, true_labels)
+
+    def fit_checked(self, scores: dict[str, np.ndarray], candidates: np.ndarray, true_labels: sp.csr_matrix,
+                    unseen: np.ndarray, seed: int = 0) -> dict[str, Any]:
+        """Fit on held-out training points of which those where `unseen` is True were never seen by the
+        encoder's training either. The fusion fitted on the seen ones (A) and one fitted on the unseen ones
+        alone (B, scored by 2-fold cross-fitting) are compared on the unseen points; with B better, the final
+        fusion is fitted on the unseen points alone, else on all. Returns what was measured."""
+        unseen = np.asarray(unseen, dtype=bool)
+        if self.config.kind == "fixed" or unseen.sum() < 2 or unseen.all():
+            return {"selection": self.fit(scores, candidates, true_labels, seed)}
+        seen_rows, unseen_rows = np.flatnonzero(~unseen), np.flatnonzero(unseen)
+        report: dict[str, Any] = {
+            "seen_points": len(seen_rows), "unseen_points": len(unseen_rows),
+            "encoder_ndcg5_seen": ndcg_at_5(scores["encoder"][seen_rows], candidates[seen_rows],
+                                            true_labels[seen_rows]) if "encoder" in scores else None,
+            "encoder_ndcg5_unseen": ndcg_at_5(scores["encoder"][unseen_rows], candidates[unseen_rows],
+                                              true_labels[unseen_rows]) if "encoder" in scores else None}
+        self.fit(*_rows(scores, candidates, true_labels, seen_rows), seed)
+        report["fitted_on_seen_ndcg5_unseen"] = self.held_out_ndcg(*_rows(scores, candidates, true_labels,
+                                                                          unseen_rows))
+        halves = np.array_split(np.random.default_rng([seed, 17]).permutation(unseen_rows), 2)
+        cross = []
+        for fit_half, test_half in ((halves[0], halves[1]), (halves[1], halves[0])):
+            self.fit(*_rows(scores, candidates, true_labels, fit_half), seed)
+            cross.append(self.held_out_ndcg(*_rows(scores, candidates, true_labels, test_half)) * len(test_half))
+        report["fitted_on_unseen_ndcg5_crossfit"] = sum(cross) / len(unseen_rows)
+        use_unseen = report["fitted_on_unseen_ndcg5_crossfit"] > report["fitted_on_seen_ndcg5_unseen"]
+        report["fitted_on"] = "unseen" if use_unseen else "all"
+        final_rows = unseen_rows if use_unseen else np.arange(len(unseen))
+        report["selection"] = self.fit(*_rows(scores, candidates, true_labels, final_rows), seed)
+        return report
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
