@@ -224,8 +224,10 @@ def main() -> None:
     results = run_suite(args.suite, datasets, args.quick, args.force, not args.no_peers, args.threads,
                         set(args.exclude))
     command = "python bench/run.py " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])
+    wall = time.time() - start
     text = (f"Measured {dt.date.today().isoformat()} on {machine()}, {args.threads} threads per run, "
-            f"with `{command.strip()}` (suite `{args.suite}`{', quick' if args.quick else ''}). "
+            f"with `{command.strip()}` (suite `{args.suite}`{', quick' if args.quick else ''}; this command took "
+            f"{wall / 60:.0f} min, {'every run executed' if args.force else 'earlier results reused where present'}). "
             "Test split of each dataset; metrics in %; PSP with A=0.55, B=1.5; filter_labels applied. "
             "Peers on TF-IDF word 1–2-gram features (sublinear tf, min_df 2, L2 rows) of the same training texts, "
             "given features for Delicious/Bibtex; xmine on raw text (plus those TF-IDF features in its "
@@ -236,7 +238,7 @@ def main() -> None:
     (BENCH / "results" / f"{args.suite}{suffix}.md").write_text(text + "\n")
     (BENCH / "results" / f"{args.suite}{suffix}.json").write_text(json.dumps(results, indent=2, default=float))
     print(text)
-    print(f"\n(total {time.time() - start:.0f}s)")
+    print(f"\n(total {wall:.0f}s)")
     if args.update_readme:
         if args.suite != "main":
             raise SystemExit("--update-readme rewrites the main results table; use it with --suite main")
