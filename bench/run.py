@@ -1,6 +1,6 @@
 """The side-by-side benchmark: xmine's methods and the peer libraries, same data, same run, this machine.
 
-  python bench/run.py                       # main suite, all datasets (about an hour on 2 cores)
+  python bench/run.py                       # main suite, all datasets (49 min on 2 cores with --force)
   python bench/run.py --quick               # minutes: HPO and Bibtex, short schedules
   python bench/run.py --suite mips          # MIPS negative-sampling ablation
   python bench/run.py --suite ngame         # NGAME stage-1 ablation (random vs cluster batches, losses)
