@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +42,18 @@ def latency_ms(predict_one, inputs, n: int = 200) -> tuple[float, float]:
         predict_one(one)
         times.append(1000 * (time.perf_counter() - start))
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def git_commit() -> str | None:
+    """The code version a result came from (None outside a git checkout); "+dirty" with uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        return (head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")) or None
+    except OSError:
+        return None
 
 
 def zero_shot(ds, args) -> dict:
@@ -78,7 +91,8 @@ def main() -> None:
     inv_p = inverse_propensity(ds.train.labels)
     result: dict = {"method": args.method, "label": args.label or args.method, "dataset": ds.name,
                     "text_variant": ds.text_variant, "overrides": args.set, "threads": args.threads,
-                    "n_train": ds.train.n_points, "n_test": ds.test.n_points, "n_labels": ds.n_labels}
+                    "n_train": ds.train.n_points, "n_test": ds.test.n_points, "n_labels": ds.n_labels,
+                    "git_commit": git_commit()}
     if args.method == "zeroshot":
         run = zero_shot(ds, args)
     else:
