@@ -37,6 +37,13 @@ def test_bad_literal_and_type_are_rejected():
         SiameseConfig.from_dict({"batch_size": 0})
 
 
+def test_fusion_unseen_points_must_not_be_negative():
+    from xmine.config import FusionConfig
+
+    with pytest.raises(ConfigError, match="stage1_unseen_points.*>= 0"):
+        FusionConfig.from_dict({"stage1_unseen_points": -1})
+
+
 def test_schedule_validation():
     with pytest.raises(ConfigError, match="equal length"):
         ClusterScheduleConfig.from_dict({"milestones": [0.1], "sizes": [2, 4]})

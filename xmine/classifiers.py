@@ -50,7 +50,8 @@ class LabelClassifiers(nn.Module):
         self.weight = nn.Parameter(torch.zeros(n_labels, dim)) if self.use_dense else None
         self.bias = nn.Parameter(torch.zeros(n_labels))
         # dense gradients: for a table of a few million buckets, a dense Adagrad step is faster on CPU than
-        # coalescing the sparse gradient of the ~10^6 lookups of a batch
+        # coalescing the sparse gradient of the ~10^6 lookups of a batch. Only its weight is used (see
+        # _sparse_scores); the module stays so that saved models keep their "sparse_table.weight" key.
         self.sparse_table = nn.EmbeddingBag(hash_buckets, 1, mode="sum") if self.use_sparse else None
         if self.sparse_table is not None:
             nn.init.zeros_(self.sparse_table.weight)

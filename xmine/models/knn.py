@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +36,12 @@ class TfidfKNN(XMCModel):
         self.train_features = train_features
         self.train_labels = train_labels
         self.n_labels = train_labels.shape[1]
-        self._train_t: sp.csr_matrix | None = None
 
-    @property
+    @cached_property
     def train_features_t(self) -> sp.csr_matrix:
         """The training features transposed (features x points), built once: transposing per batch took
         about a third of a shortlist over a long-text training set."""
-        if self._train_t is None:
-            self._train_t = self.train_features.T.tocsr()
-        return self._train_t
+        return self.train_features.T.tocsr()
 
     @classmethod
     def train(cls, dataset: Any, config: KNNConfig | None = None) -> TfidfKNN:

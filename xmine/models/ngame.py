@@ -165,6 +165,7 @@ class NGAME(XMCModel):
             raise XmineError(f"{len(empty)} label text(s) are empty (first: label {empty[0]}); the Siamese "
                              "encoder needs a text for every label")
         ckpt_dir = Path(out_dir) / "checkpoints" if out_dir is not None else None
+        unseen = stage1_unseen(split.n_points, config)
         history: dict[str, Any] = {}
         timings: dict[str, float] = {}
         if 1 in config.stages:
@@ -173,7 +174,7 @@ class NGAME(XMCModel):
             point_inputs = encoder.prepare(split.texts)
             label_inputs = encoder.prepare(dataset.label_texts)
             # a few of the fusion's held-out points are kept out of stage 1 too (see FusionConfig)
-            stage1_labels = without_rows(split.labels, stage1_unseen(split.n_points, config))
+            stage1_labels = without_rows(split.labels, unseen)
             hist = train_siamese(encoder, point_inputs, label_inputs, stage1_labels, config.siamese,
                                  checkpoint_path=ckpt_dir / "stage1.pt" if ckpt_dir else None, resume=resume,
                                  progress=progress)
@@ -192,8 +193,8 @@ class NGAME(XMCModel):
         timings["label_index_seconds"] = time.perf_counter() - t0
         model = cls(config, encoder, label_embeddings, label_index, history=history)
         if 2 in config.stages:
-            unseen = stage1_unseen(split.n_points, config) if 1 in config.stages or \
-                _same_unseen_points(init_from, config) else np.empty(0, dtype=np.int64)
+            if 1 not in config.stages and not _same_unseen_points(init_from, config):
+                unseen = np.empty(0, dtype=np.int64)
             t0 = time.perf_counter()
             model._train_stage2(dataset, point_inputs, unseen, ckpt_dir, resume, progress)
             timings["stage2_seconds"] = time.perf_counter() - t0
