@@ -108,6 +108,8 @@ def main() -> None:
         result["history"] = {k: v for k, v in history.items() if k not in ("stage2",)}
         kinds = ["fused", "encoder", "classifier"] if args.method == "ngame" and model.classifiers is not None \
             else (["encoder"] if args.method == "ngame" else [None])
+        if getattr(model, "ranker", None) is not None:
+            kinds.append("ranker")
         preds, predict_seconds = {}, None
         for kind in kinds:
             start = time.perf_counter()

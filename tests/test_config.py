@@ -44,6 +44,17 @@ def test_fusion_unseen_points_must_not_be_negative():
         FusionConfig.from_dict({"stage1_unseen_points": -1})
 
 
+def test_ranker_and_fusion_selection_values_are_checked():
+    from xmine.config import FusionConfig, RankerConfig
+
+    with pytest.raises(ConfigError, match="C"):
+        RankerConfig.from_dict({"C": -1.0})
+    with pytest.raises(ConfigError, match="loss"):
+        RankerConfig.from_dict({"loss": "hinge"})
+    with pytest.raises(ConfigError, match="selection_folds"):
+        FusionConfig.from_dict({"selection_folds": 0})
+
+
 def test_schedule_validation():
     with pytest.raises(ConfigError, match="equal length"):
         ClusterScheduleConfig.from_dict({"milestones": [0.1], "sizes": [2, 4]})
@@ -58,6 +69,7 @@ def test_paper_presets_load_and_hold_the_papers_values():
     assert ngame.siamese.margin == 0.3 and ngame.siamese.num_negatives == 10 and ngame.siamese.loss == "triplet"
     assert ngame.siamese.schedule.sizes[-1] == 512 and ngame.siamese.schedule.milestones[0] == 10
     assert ngame.index.M == 100 and ngame.index.ef_search == 300
+    assert not ngame.ranker.enabled  # the sparse ranker is xmine's addition, not NGAME's
     mips = MIPSMethodConfig.from_dict(presets["mips-paper"])
     assert mips.mips.mips_negatives == 5 and mips.mips.mips_negatives + mips.mips.uniform_negatives == 3000
 

@@ -111,3 +111,18 @@ def test_near_equal_fusion_options_go_to_the_richest_and_clear_winners_win():
     assert choose_mode({"encoder": 40.0, "tree": 60.4, "lr": 59.0, "lr+tree": 60.4 - SELECTION_MARGIN / 2}) == "lr+tree"
     assert choose_mode({"encoder": 40.0, "tree": 61.0, "lr": 59.0, "lr+tree": 60.0}) == "tree"
     assert choose_mode({"classifier": 70.0, "encoder": 40.0, "knn": 50.0, "lr": 60.0}) == "classifier"
+
+
+def test_fitted_options_are_judged_out_of_fold():
+    # a small sample where the sources carry little signal: a depth-7 tree scores its own training points far
+    # better than points it has not seen, and the selection must see the latter
+    cand, scores, truth, inv_p = _problem(3, n=150)
+    scores = {name: value + np.random.default_rng(9).normal(0, 2.0, value.shape) for name, value in scores.items()}
+    in_sample = ScoreFusion(FusionConfig(selection_folds=1, max_depth=7), inv_p, ("classifier", "encoder"))
+    cross_fitted = ScoreFusion(FusionConfig(selection_folds=3, max_depth=7), inv_p, ("classifier", "encoder"))
+    a, b = in_sample.fit(scores, cand, truth), cross_fitted.fit(scores, cand, truth)
+    assert b["tree"] < a["tree"] - 1.0
+    assert b["classifier"] == a["classifier"]  # the sources need no fitting: scored as they are
+    # the final models are fitted on all points either way
+    in_sample.mode = cross_fitted.mode = "lr+tree"
+    assert np.allclose(in_sample.combine(scores, cand), cross_fitted.combine(scores, cand))

@@ -90,7 +90,8 @@ def test_fused_scores_beat_encoder_alone_and_save_load_is_identical(ds, ngame):
     fused = model.predict(ds.test, k=10)
     assert _p1(fused, ds.test.labels) > _p1(model.predict(ds.test, k=10, scores="encoder"), ds.test.labels)
     loaded = load_model(out)
-    for kind in ("fused", "encoder", "classifier"):
+    assert loaded.ranker is not None and loaded.ranker.weights.nnz == model.ranker.weights.nnz > 0
+    for kind in ("fused", "encoder", "classifier", "ranker"):
         a, b = model.predict(ds.test, k=10, scores=kind), loaded.predict(ds.test, k=10, scores=kind)
         assert np.array_equal(a.indices, b.indices) and np.allclose(a.data, b.data, atol=1e-5)
 

@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--split", choices=["test", "train"], default="test")
     predict.add_argument("--out", required=True, help="predictions file (.npz, a CSR score matrix)")
     predict.add_argument("-k", type=int, default=100)
-    predict.add_argument("--scores", choices=["fused", "encoder", "classifier"], default="fused",
+    predict.add_argument("--scores", choices=["fused", "encoder", "classifier", "ranker"], default="fused",
                          help="NGAME: which scores to return")
     predict.add_argument("--text-variant", choices=["full", "title"], help="default: the one the model trained on")
     predict.set_defaults(func=cmd_predict)

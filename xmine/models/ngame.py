@@ -7,6 +7,7 @@ Model directory layout:
   label_embeddings/  embeddings.npy (L, d) and the ANN index over them
   tfidf/             TF-IDF featurizer + training matrix (sparse features and neighbour shortlist)
   classifiers/       per-label classifiers and the ANN index over their dense vectors
+  ranker/            the sparse linear ranker (per-label TF-IDF weights fitted on shortlist negatives)
   fusion/            the fitted score fusion
   history.json       per-epoch training records
 """
@@ -34,6 +35,7 @@ from xmine.metrics import inverse_propensity
 from xmine.mining.mips import MIPSNegativeSampler
 from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_config
 from xmine.models.knn import TfidfKNN
+from xmine.ranker import SparseRanker
 from xmine.shortlist import csr_rows_to_ids, recall_of_shortlist, union_candidates
 from xmine.topk import csr_from_topk, csr_row_topk, stack_rows
 from xmine.training.classifiers import train_classifiers
@@ -42,7 +44,7 @@ from xmine.utils import atomic_save_npy, atomic_write_text, seed_everything, set
 
 log = logging.getLogger(__name__)
 
-ScoreKind = Literal["fused", "encoder", "classifier"]
+ScoreKind = Literal["fused", "encoder", "classifier", "ranker"]
 
 
 class ShortlistScorer:
@@ -50,9 +52,10 @@ class ShortlistScorer:
 
     def __init__(self, label_embeddings: np.ndarray, label_index: LabelIndex, knn: TfidfKNN | None,
                  classifiers: LabelClassifiers | None, classifier_index: LabelIndex | None, shortlist_size: int,
-                 knn_shortlist: int) -> None:
+                 knn_shortlist: int, ranker: SparseRanker | None = None) -> None:
         self.label_embeddings, self.label_index = label_embeddings, label_index
         self.knn, self.classifiers, self.classifier_index = knn, classifiers, classifier_index
+        self.ranker = ranker
         self.shortlist_size, self.knn_shortlist = shortlist_size, knn_shortlist
 
     @torch.no_grad()
@@ -60,7 +63,7 @@ class ShortlistScorer:
                  classifier_sparse: bool, exclude_rows: np.ndarray | None = None, with_scores: bool = True,
                  chunk: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Candidates (n, C) from the label-embedding ANN (+ classifier ANN, + TF-IDF neighbours' labels)
-        and each candidate's scores per source: "encoder", "knn" and (with classifiers) "classifier".
+        and each candidate's scores per source: "encoder", "knn", and "classifier" and "ranker" where trained.
         Scores are computed `chunk` rows at a time, which bounds the memory of the gathered label vectors."""
         k = min(self.shortlist_size, self.label_embeddings.shape[0])
         parts = [self.label_index.search(emb, k)[1]]
@@ -83,6 +86,8 @@ class ShortlistScorer:
             if self.classifiers is not None:
                 x = sparse_x[rows] if classifier_sparse else None
                 scores["classifier"][rows] = self.classifiers.score(torch.from_numpy(emb[rows]), x, cand[rows]).numpy()
+        if self.ranker is not None and sparse_x is not None:
+            scores["ranker"] = self.ranker.score(sparse_x, cand)
         if votes is not None:
             best = np.maximum(votes.max(axis=1).toarray().ravel(), 1e-12)
             scores["knn"] = lookup_csr(votes, cand) / best[:, None].astype(np.float32)
@@ -134,7 +139,7 @@ class NGAME(XMCModel):
     def __init__(self, config: NGAMEConfig, encoder: Encoder, label_embeddings: np.ndarray, label_index: LabelIndex,
                  knn: TfidfKNN | None = None, classifiers: LabelClassifiers | None = None,
                  classifier_index: LabelIndex | None = None, fusion: ScoreFusion | None = None,
-                 history: dict[str, Any] | None = None) -> None:
+                 history: dict[str, Any] | None = None, ranker: SparseRanker | None = None) -> None:
         self.config = config
         self.encoder = encoder
         self.label_embeddings = label_embeddings
@@ -143,6 +148,7 @@ class NGAME(XMCModel):
         self.classifiers = classifiers
         self.classifier_index = classifier_index
         self.fusion = fusion
+        self.ranker = ranker
         self.history = history or {}
         self.n_labels = label_embeddings.shape[0]
 
@@ -221,11 +227,23 @@ class NGAME(XMCModel):
         self.history["shortlist_seconds"] = time.perf_counter() - t0
         log.info("stage 2 shortlist: %d candidates/point, recall %.1f%% on training points", shortlist.shape[1],
                  self.history["shortlist_recall_train"])
+        train_labels = without_rows(labels, holdout)  # held-out rows have no positives -> skipped
+
+        def train_ranker(on_labels: sp.csr_matrix) -> None:
+            t0 = time.perf_counter()
+            self.ranker = SparseRanker.train(self.knn.train_features, on_labels, shortlist, cfg.ranker,
+                                             n_jobs=torch.get_num_threads(), progress=progress)
+            self.history["ranker_seconds"] = self.history.get("ranker_seconds", 0.0) + time.perf_counter() - t0
+            self.history["ranker_weights"] = int(self.ranker.weights.nnz)
+            log.info("stage 2 sparse ranker on %d points: %d weights kept, %.0fs", int((on_labels.getnnz(1) > 0)
+                     .sum()), self.ranker.weights.nnz, time.perf_counter() - t0)
+
+        if cfg.ranker.enabled:
+            train_ranker(train_labels)
         classifiers = LabelClassifiers(self.n_labels, self.encoder.dim, cfg.classifier.features,
                                        cfg.classifier.hash_buckets,
                                        cfg.classifier.max_sparse_features)
         classifiers.init_dense(self.label_embeddings)
-        train_labels = without_rows(labels, holdout)  # held-out rows have no positives -> skipped
         batch_rng = np.random.default_rng([cfg.classifier.seed, 13])
         mips = None
         if cfg.classifier.classifier_index_negatives > 0 and classifiers.weight is not None:
@@ -275,15 +293,18 @@ class NGAME(XMCModel):
                      or 0, check["fitted_on_seen_ndcg5_unseen"], check["fitted_on_unseen_ndcg5_crossfit"],
                      check["fitted_on"])
         self.history["shortlist_recall_holdout"] = recall_of_shortlist(cand, labels[holdout])
+        if self.ranker is not None and cfg.ranker.refit_on_all and len(holdout):
+            train_ranker(labels)
 
     @property
     def score_sources(self) -> tuple[str, ...]:
-        return ("classifier", "encoder") + (("knn",) if self.knn is not None else ())
+        return ("classifier", "encoder") + (("knn",) if self.knn is not None else ()) + \
+            (("ranker",) if self.ranker is not None else ())
 
     def _scorer(self) -> ShortlistScorer:
         return ShortlistScorer(self.label_embeddings, self.label_index, self.knn, self.classifiers,
                                self.classifier_index, self.config.classifier.shortlist_size,
-                               self.config.classifier.shortlist_size if self.knn is not None else 0)
+                               self.config.classifier.shortlist_size if self.knn is not None else 0, self.ranker)
 
     # ---------------------------------------------------------------- prediction
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -293,8 +314,8 @@ class NGAME(XMCModel):
     def predict(self, inputs: Any, k: int = 100, scores: ScoreKind = "fused", batch_size: int = 1024,
                 progress: bool = False) -> sp.csr_matrix:
         """Top-k labels per point as an (n, L) CSR score matrix, in batches of bounded memory.
-        scores: "fused" (default when classifiers exist), "encoder" (label-embedding similarity) or
-        "classifier"."""
+        scores: "fused" (default when classifiers exist), "encoder" (label-embedding similarity),
+        "classifier" or "ranker" (the sparse linear ranker)."""
         inputs = Inputs.of(inputs)
         if k < 1:
             raise XmineError(f"k must be >= 1, got {k}")
@@ -304,6 +325,8 @@ class NGAME(XMCModel):
             if scores == "classifier":
                 raise XmineError("this model has no classifiers (stage 2 was not trained); use scores='encoder'")
             scores = "encoder"
+        if scores == "ranker" and self.ranker is None:
+            raise XmineError("this model has no sparse ranker (ranker.enabled was false or stage 2 not trained)")
         self.encoder.eval()
         if self.classifiers is not None:
             self.classifiers.eval()
@@ -319,8 +342,8 @@ class NGAME(XMCModel):
                 continue
             sparse_x = self.knn.featurizer.transform(part.texts, part.features) if self.knn is not None else None
             cand, source_scores = scorer(emb, sparse_x, use_classifier_index=True, classifier_sparse=uses_sparse)
-            if scores == "classifier":
-                final = np.where(cand >= 0, source_scores["classifier"], -np.inf)
+            if scores in ("classifier", "ranker"):
+                final = np.where(cand >= 0, source_scores[scores], -np.inf)
             else:
                 final = self.fusion.combine(source_scores, cand)
             out.append(csr_row_topk(csr_from_topk(final, cand, self.n_labels), k))
@@ -338,6 +361,8 @@ class NGAME(XMCModel):
             self.classifiers.save(directory / "classifiers")
             if self.classifier_index is not None:
                 self.classifier_index.save(directory / "classifiers" / "index")
+        if self.ranker is not None:
+            self.ranker.save(directory / "ranker")
         if self.fusion is not None:
             self.fusion.save(directory / "fusion")
         atomic_write_text(directory / "history.json", json.dumps(self.history, indent=2, default=float))
@@ -363,5 +388,7 @@ class NGAME(XMCModel):
             if (directory / "classifiers" / "index").exists():
                 classifier_index = LabelIndex.load(directory / "classifiers" / "index")
             fusion = ScoreFusion.load(directory / "fusion")
+        ranker = SparseRanker.load(directory / "ranker") if (directory / "ranker").exists() else None
         history = json.loads((directory / "history.json").read_text()) if (directory / "history.json").exists() else {}
-        return cls(config, encoder, label_embeddings, label_index, knn, classifiers, classifier_index, fusion, history)
+        return cls(config, encoder, label_embeddings, label_index, knn, classifiers, classifier_index, fusion, history,
+                   ranker)
