@@ -231,7 +231,8 @@ def main() -> None:
             "Test split of each dataset; metrics in %; PSP with A=0.55, B=1.5; filter_labels applied. "
             "Peers on TF-IDF word 1–2-gram features (sublinear tf, min_df 2, L2 rows) of the same training texts, "
             "given features for Delicious/Bibtex; xmine on raw text (plus those TF-IDF features in its "
-            "classifiers). For NGAME, `scores` shows the fused model and its two inputs. `model MiB` is the model "
+            "classifiers and sparse ranker). For NGAME, `scores` shows the fused model and the sources it fuses "
+            "(the fourth, the TF-IDF neighbour vote, ranks labels as the knn baseline does). `model MiB` is the model "
             "directory on disk, for xmine including its training checkpoints (optimizer states).\n\n"
             + summary(results) + "\n\n" + table(results, negatives_column=args.suite == "mips"))
     suffix = "-quick" if args.quick else ""
