@@ -12,7 +12,7 @@ features; the fusion keeps, of [regression + tree, tree, regression, each source
 whose nDCG@5 on that held-out sample is within SELECTION_MARGIN of the best. The fitted options are
 judged by cross-fitting (`selection_folds` folds of points: each fold scored by models fitted on the
 others), so a tree that memorised a small sample does not win on its own training points (Bibtex: tree
-68.2 in-sample, 63.8 cross-fitted, the sparse ranker alone 64.2).
+68.2 in-sample, 63.2 cross-fitted, the sparse ranker alone 64.2).
 "fixed": weight * sigmoid(classifier) + (1 - weight) * encoder similarity.
 
 `fit_checked` guards against leakage: when some held-out points were also unseen by the encoder's
