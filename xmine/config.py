@@ -343,7 +343,7 @@ class FusionConfig(Params):
     """How the candidates' scores are combined at prediction time (see xmine.fusion).
 
     "learned": fitted on held-out TRAINING points — a logistic regression and NGAME's small decision
-    tree on [classifier score, encoder similarity, TF-IDF neighbour vote, log inverse propensity];
+    tree on [classifier score, encoder similarity, TF-IDF neighbour vote, ranker score, log inverse propensity];
     the best of those (or of any single source) on the held-out points is kept.
     "fixed": score = weight * sigmoid(classifier) + (1 - weight) * encoder similarity.
     """
