@@ -15,6 +15,7 @@ from xmine.config import (
     MIPSConfig,
     MIPSMethodConfig,
     NGAMEConfig,
+    RankerConfig,
     SiameseConfig,
 )
 from xmine.data import load_dataset
@@ -126,7 +127,8 @@ def test_some_fusion_points_are_kept_out_of_stage1_and_checked(ds, tiny_model_di
 
     config = _ngame_config(tiny_model_dir, epochs=1).replace(fusion=FusionConfig(holdout_points=200,
                                                                                  stage1_unseen_points=80))
-    config = config.replace(classifier=ClassifierConfig(epochs=1, shortlist_size=20, hash_buckets=1 << 16))
+    config = config.replace(classifier=ClassifierConfig(epochs=1, shortlist_size=20, hash_buckets=1 << 16),
+                            ranker=RankerConfig(enabled=False))  # not under test
     model = NGAME.train(ds, config, progress=False)
     labelled = np.diff(ds.train.labels.indptr) > 0
     unseen = stage1_unseen(ds.train.n_points, config)
@@ -159,7 +161,7 @@ def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(ds, tiny_model_di
 
 def test_stage2_alone_starts_from_a_saved_stage1_model(ds, ngame, tiny_model_dir):
     _, out = ngame
-    config = _ngame_config(tiny_model_dir).replace(stages=[2])
+    config = _ngame_config(tiny_model_dir).replace(stages=[2], ranker=RankerConfig(enabled=False))  # not under test
     model = NGAME.train(ds, config, init_from=out, progress=False)
     assert model.classifiers is not None and "stage1" not in model.history
     with pytest.raises(XmineError, match="init_from"):
@@ -181,7 +183,7 @@ def test_stage2_classifier_index_negatives_come_from_the_configured_index(ds, ng
 
     monkeypatch.setattr(ngame_module, "MIPSNegativeSampler", Recording)
     _, out = ngame
-    base = _ngame_config(tiny_model_dir).replace(stages=[2])
+    base = _ngame_config(tiny_model_dir).replace(stages=[2], ranker=RankerConfig(enabled=False))  # not under test
     for exact_below, kind in ((0, "hnsw"), (10**9, "exact")):
         built.clear()
         index = IndexConfig(kind="hnsw", ef_construction=40, ef_search=32, exact_below=exact_below)
