@@ -173,22 +173,24 @@ class ScoreFusion:
             return {}
         results = {mode: ndcg_at_5(scores[mode], candidates, true_labels) for mode in self.sources}
         learned = ("lr", "tree", "lr+tree")
-        folds = min(self.config.selection_folds, candidates.shape[0])
-        point_fold = np.random.default_rng([seed, 23]).permutation(candidates.shape[0]) % max(folds, 1)
-        out_of_fold = {mode: np.zeros(candidates.shape) for mode in learned}
-        for fold in range(folds if folds > 1 else 0):
-            fit_rows = point_fold != fold
-            if not self._fit_models(features, valid, target, fit_rows, seed):
-                out_of_fold = {}
-                break
-            rows = np.flatnonzero(~fit_rows)
-            for mode in learned:
-                out_of_fold[mode][rows] = self._score_mode(mode, scores, candidates[rows],
-                                                           features.reshape(*candidates.shape, -1)[rows]
-                                                           .reshape(-1, features.shape[1]))
-        self._fit_models(features, valid, target, np.ones(candidates.shape[0], dtype=bool), seed)
+        n_points = candidates.shape[0]
+        folds = min(self.config.selection_folds, n_points)
+        out_of_fold: dict[str, np.ndarray] | None = None
+        if folds > 1:
+            out_of_fold = {mode: np.zeros(candidates.shape) for mode in learned}
+            point_fold = np.random.default_rng([seed, 23]).permutation(n_points) % folds
+            per_point = features.reshape(*candidates.shape, -1)
+            for fold in range(folds):
+                if not self._fit_models(features, valid, target, point_fold != fold, seed):
+                    out_of_fold = None  # a fold without both classes: judge in-sample instead
+                    break
+                rows = np.flatnonzero(point_fold == fold)
+                fold_features = per_point[rows].reshape(-1, features.shape[1])
+                for mode in learned:
+                    out_of_fold[mode][rows] = self._score_mode(mode, scores, candidates[rows], fold_features)
+        self._fit_models(features, valid, target, np.ones(n_points, dtype=bool), seed)
         for mode in learned:
-            fused = out_of_fold[mode] if folds > 1 and out_of_fold else \
+            fused = out_of_fold[mode] if out_of_fold is not None else \
                 self._score_mode(mode, scores, candidates, features)
             results[mode] = ndcg_at_5(fused, candidates, true_labels)
         self.mode = choose_mode(results)

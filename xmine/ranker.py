@@ -14,7 +14,6 @@ score(x, l) = b_l + sum_f x_f * W[l, f], computed for candidate pairs only. Weig
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -29,27 +28,21 @@ from tqdm.auto import tqdm
 from xmine.config import RankerConfig
 from xmine.errors import ModelError, XmineError
 from xmine.fusion import lookup_csr
+from xmine.topk import csr_from_topk
 from xmine.utils import atomic_save_npy, atomic_write
-
-log = logging.getLogger(__name__)
 
 UNTRAINED_BIAS = -10.0  # labels without a training positive: never ranked above a trained label by this source
 
 
 def shortlist_matrix(shortlist: np.ndarray, n_labels: int) -> sp.csr_matrix:
     """(L, n) 0/1 matrix: which points' shortlists hold each label."""
-    n, width = shortlist.shape
-    rows = np.repeat(np.arange(n), width)
-    ids = shortlist.ravel()
-    ok = ids >= 0
-    out = sp.csr_matrix((np.ones(int(ok.sum()), dtype=np.float32), (ids[ok], rows[ok])), shape=(n_labels, n))
-    out.sum_duplicates()
-    out.data[:] = 1
+    out = csr_from_topk(np.ones(shortlist.shape, dtype=np.float32), shortlist, n_labels).T.tocsr()
+    out.data[:] = 1  # a label listed twice in a row was summed
     return out
 
 
 def _fit_labels(labels: np.ndarray, features: sp.csr_matrix, label_rows: sp.csr_matrix, positives: sp.csr_matrix,
-                config: RankerConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                config: RankerConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fit the rankers of `labels`; returns (label, feature, weight) triples of the kept weights, and biases."""
     out_l, out_f, out_w = [], [], []
     bias = np.full(len(labels), UNTRAINED_BIAS)
@@ -81,7 +74,7 @@ def _fit_labels(labels: np.ndarray, features: sp.csr_matrix, label_rows: sp.csr_
         bias[i] = float(model.intercept_[0])
     empty_i, empty_f = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
     return (np.concatenate(out_l) if out_l else empty_i, np.concatenate(out_f) if out_f else empty_i,
-            np.concatenate(out_w) if out_w else empty_f, labels, bias)
+            np.concatenate(out_w) if out_w else empty_f, bias)
 
 
 class SparseRanker:
@@ -125,8 +118,9 @@ class SparseRanker:
         parts = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
         bias = np.full(n_labels, UNTRAINED_BIAS, dtype=np.float32)
         trip_l, trip_f, trip_w = [], [], []
-        for lab, feat, w, chunk, chunk_bias in tqdm(parts, total=len(chunks), desc="sparse ranker",
-                                                    disable=not progress, unit="chunk"):
+        # the generator yields in submission order, so each result belongs to the chunk beside it
+        for chunk, (lab, feat, w, chunk_bias) in zip(chunks, tqdm(parts, total=len(chunks), desc="sparse ranker",
+                                                                  disable=not progress, unit="chunk"), strict=True):
             trip_l.append(lab)
             trip_f.append(feat)
             trip_w.append(w)

@@ -233,10 +233,11 @@ class NGAME(XMCModel):
             t0 = time.perf_counter()
             self.ranker = SparseRanker.train(self.knn.train_features, on_labels, shortlist, cfg.ranker,
                                              n_jobs=torch.get_num_threads(), progress=progress)
-            self.history["ranker_seconds"] = self.history.get("ranker_seconds", 0.0) + time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            self.history["ranker_seconds"] = self.history.get("ranker_seconds", 0.0) + seconds
             self.history["ranker_weights"] = int(self.ranker.weights.nnz)
             log.info("stage 2 sparse ranker on %d points: %d weights kept, %.0fs", int((on_labels.getnnz(1) > 0)
-                     .sum()), self.ranker.weights.nnz, time.perf_counter() - t0)
+                     .sum()), self.ranker.weights.nnz, seconds)
 
         if cfg.ranker.enabled:
             train_ranker(train_labels)
