@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from xmine.config import FusionConfig
-from xmine.fusion import SELECTION_MARGIN, ScoreFusion, choose_mode, lookup_csr
+from xmine.fusion import LEAKAGE_MARGIN, SELECTION_MARGIN, ScoreFusion, choose_mode, lookup_csr
 from xmine.metrics import evaluate
 from xmine.topk import csr_from_topk, csr_row_topk
 
@@ -105,6 +106,20 @@ def test_leakage_check_keeps_all_points_when_seen_and_unseen_agree():
     report = fusion.fit_checked(scores, cand, truth, unseen)
     assert report["fitted_on"] == "all"
     assert report["selection"][fusion.mode] >= max(report["selection"].values()) - SELECTION_MARGIN
+
+
+def test_leakage_check_refits_on_unseen_points_only_beyond_its_margin(monkeypatch):
+    cand, scores, truth, inv_p = _problem(5, n=400)
+    unseen = np.zeros(len(cand), dtype=bool)
+    unseen[300:] = True
+    for crossfit_gain, expected in ((LEAKAGE_MARGIN / 2, "all"), (LEAKAGE_MARGIN * 2, "unseen")):
+        fusion = ScoreFusion(FusionConfig(), inv_p, ("classifier", "encoder"))
+        # held-out nDCG@5: first of the fusion fitted on the seen points, then of the two cross-fitted halves
+        measured = iter([50.0, 50.0 + crossfit_gain, 50.0 + crossfit_gain])
+        monkeypatch.setattr(fusion, "held_out_ndcg", lambda *args, measured=measured: next(measured))
+        report = fusion.fit_checked(scores, cand, truth, unseen)
+        assert report["fitted_on_unseen_ndcg5_crossfit"] == pytest.approx(50.0 + crossfit_gain)
+        assert report["fitted_on"] == expected
 
 
 def test_near_equal_fusion_options_go_to_the_richest_and_clear_winners_win():
