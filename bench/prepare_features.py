@@ -2,11 +2,14 @@
 
 Run with xmine's python (the main environment):
 
-    python bench/prepare_features.py --data DIR [--text-variant full|title] --out FEATURES_DIR
+    python bench/prepare_features.py --data DIR [--text-variant full|title] [--lead-channel off|on|auto]
+        --out FEATURES_DIR
 
-Loads the dataset with xmine, fits xmine's TfidfFeaturizer (default TfidfConfig: word 1-2 grams,
-min_df 2, sublinear tf, rows L2-normalised; given features for Delicious/Bibtex) on the training
-split and writes X_trn.npz, X_tst.npz, Y_trn.npz (binary), Y_tst.npz (binary) and meta.json.
+Loads the dataset with xmine, fits xmine's TfidfFeaturizer (TfidfConfig: word 1-2 grams, min_df 2,
+sublinear tf, rows L2-normalised; given features for Delicious/Bibtex) on the training split and writes
+X_trn.npz, X_tst.npz, Y_trn.npz (binary), Y_tst.npz (binary) and meta.json. The peers' standard
+features have no lead channel (`--lead-channel off`, the default here); `auto` gives them the features
+xmine's own models use.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="dataset directory")
     ap.add_argument("--text-variant", default="full", choices=["full", "title"])
+    ap.add_argument("--lead-channel", default="off", choices=["off", "on", "auto"],
+                    help="TF-IDF of each text's first words as a second channel (TfidfConfig.lead_channel)")
     ap.add_argument("--out", required=True, help="output features directory")
     args = ap.parse_args(argv)
     from xmine.config import TfidfConfig
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     ds = load_dataset(args.data, text_variant=args.text_variant)
-    cfg = TfidfConfig()
+    cfg = TfidfConfig(lead_channel=args.lead_channel)
     feat = TfidfFeaturizer(cfg).fit(ds.train.texts, ds.train.features)
     x_trn = feat.transform(ds.train.texts, ds.train.features)
     x_tst = feat.transform(ds.test.texts, ds.test.features)
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "text_variant": ds.text_variant,
         "feature_source": feat.source,
         "n_features": feat.n_features,
+        "lead_words": feat.lead_words,
         "n_labels": ds.n_labels,
         "n_train": ds.train.n_points,
         "n_test": ds.test.n_points,

@@ -1,5 +1,9 @@
 """Sparse TF-IDF features: the representation the sparse peers use, and the sparse half of
-xmine's [dense (+) sparse] classifiers and of the kNN baseline."""
+xmine's [dense (+) sparse] classifiers, of the sparse ranker and of the kNN baseline.
+
+A row is [full-text channel | lead channel], each part L2-normalised; the lead channel (TF-IDF of the
+text's first `lead_words` words) is present only when `TfidfConfig.lead_channel` asks for it or, on
+"auto", when the training texts are long (see TfidfConfig)."""
 
 from __future__ import annotations
 
@@ -12,25 +16,33 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from xmine.config import TfidfConfig
+from xmine.config import LEAD_AUTO_MIN_RATIO, TfidfConfig
 from xmine.errors import ModelError, XmineError
 from xmine.utils import atomic_save_npy, atomic_write_text
 
 
+def lead_texts(texts: Sequence[str], n_words: int) -> list[str]:
+    """Each text's first `n_words` whitespace-separated words."""
+    return [" ".join(text.split(maxsplit=n_words)[:n_words]) for text in texts]
+
+
 class TfidfFeaturizer:
     """Fits on training texts (word n-grams) or, for datasets that come with sparse features,
-    on those features (idf re-weighting only). Output rows are L2-normalised CSR float32."""
+    on those features (idf re-weighting only). Output rows are CSR float32, each channel L2-normalised."""
 
     def __init__(self, config: TfidfConfig | None = None) -> None:
         self.config = config or TfidfConfig()
         self.source: str | None = None  # "text" or "given"
+        self.lead_words = 0  # words in the lead channel; 0 = no lead channel (decided at fit)
         self._vectorizer: TfidfVectorizer | None = None
+        self._lead_vectorizer: TfidfVectorizer | None = None
         self._transformer: TfidfTransformer | None = None
 
     @property
     def n_features(self) -> int:
         if self._vectorizer is not None:
-            return len(self._vectorizer.vocabulary_)
+            lead = len(self._lead_vectorizer.vocabulary_) if self._lead_vectorizer is not None else 0
+            return len(self._vectorizer.vocabulary_) + lead
         if self._transformer is not None:
             return int(self._transformer.idf_.shape[0])
         raise XmineError("TfidfFeaturizer is not fitted")
@@ -41,11 +53,11 @@ class TfidfFeaturizer:
             self._transformer = TfidfTransformer(sublinear_tf=self.config.sublinear_tf).fit(features)
         elif texts is not None:
             self.source = "text"
-            self._vectorizer = self._make_vectorizer()
-            try:
-                self._vectorizer.fit(texts)
-            except ValueError as exc:  # e.g. empty vocabulary
-                raise XmineError(f"TF-IDF could not be fitted on the training texts: {exc}") from exc
+            self._vectorizer = self._fit_vectorizer(texts, "training texts")
+            self.lead_words = self._lead_words_for(texts)
+            if self.lead_words:
+                self._lead_vectorizer = self._fit_vectorizer(lead_texts(texts, self.lead_words),
+                                                             f"first {self.lead_words} words of the training texts")
         else:
             raise XmineError("TF-IDF needs texts or sparse features to fit on")
         return self
@@ -60,12 +72,33 @@ class TfidfFeaturizer:
         elif self.source == "text":
             if texts is None:
                 raise XmineError("this model was trained on texts; the input has none")
-            out = self._vectorizer.transform(texts)
+            out = _l2(self._vectorizer.transform(texts))
+            if self._lead_vectorizer is not None:
+                lead = _l2(self._lead_vectorizer.transform(lead_texts(texts, self.lead_words)))
+                out = sp.hstack([out, lead], format="csr", dtype=np.float32)
         else:
             raise XmineError("TfidfFeaturizer is not fitted")
-        out = normalize(sp.csr_matrix(out, dtype=np.float32), norm="l2", copy=False)
+        if self.source == "given":
+            out = _l2(out)
         out.sort_indices()
         return out
+
+    def _lead_words_for(self, texts: Sequence[str]) -> int:
+        mode, n = self.config.lead_channel, self.config.lead_words
+        if mode == "off":
+            return 0
+        if mode == "on":
+            return n
+        median_words = float(np.median([len(text.split()) for text in texts])) if len(texts) else 0.0
+        return n if median_words > LEAD_AUTO_MIN_RATIO * n else 0
+
+    def _fit_vectorizer(self, texts: Sequence[str], what: str) -> TfidfVectorizer:
+        vectorizer = self._make_vectorizer()
+        try:
+            vectorizer.fit(texts)
+        except ValueError as exc:  # e.g. empty vocabulary
+            raise XmineError(f"TF-IDF could not be fitted on the {what}: {exc}") from exc
+        return vectorizer
 
     def _make_vectorizer(self) -> TfidfVectorizer:
         return TfidfVectorizer(ngram_range=(1, self.config.ngram_max), min_df=self.config.min_df,
@@ -75,11 +108,11 @@ class TfidfFeaturizer:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"config": self.config.to_dict(), "source": self.source}
+        meta = {"config": self.config.to_dict(), "source": self.source, "lead_words": self.lead_words}
         if self.source == "text":
-            vocab = {term: int(i) for term, i in self._vectorizer.vocabulary_.items()}
-            atomic_write_text(directory / "vocabulary.json", json.dumps(vocab))
-            atomic_save_npy(directory / "idf.npy", self._vectorizer.idf_)
+            _save_vectorizer(self._vectorizer, directory, "")
+            if self._lead_vectorizer is not None:
+                _save_vectorizer(self._lead_vectorizer, directory, "_lead")
         else:
             atomic_save_npy(directory / "idf.npy", self._transformer.idf_)
         atomic_write_text(directory / "tfidf.json", json.dumps(meta, indent=2))
@@ -94,14 +127,39 @@ class TfidfFeaturizer:
             raise ModelError(f"{directory}: TF-IDF files missing ({exc.filename})") from exc
         obj = cls(TfidfConfig.from_dict(meta["config"]))
         obj.source = meta["source"]
+        obj.lead_words = int(meta.get("lead_words", 0))  # models saved before the lead channel have none
         if obj.source == "text":
-            vocab = json.loads((directory / "vocabulary.json").read_text())
-            obj._vectorizer = obj._make_vectorizer()
-            obj._vectorizer.vocabulary = vocab
-            obj._vectorizer.fit(["x"])  # sets up the analyzer with the fixed vocabulary
-            obj._vectorizer.idf_ = idf
+            obj._vectorizer = obj._load_vectorizer(directory, "", idf)
+            if obj.lead_words:
+                try:
+                    lead_idf = np.load(directory / "idf_lead.npy")
+                except FileNotFoundError as exc:
+                    raise ModelError(f"{directory}: TF-IDF lead channel files missing ({exc.filename})") from exc
+                obj._lead_vectorizer = obj._load_vectorizer(directory, "_lead", lead_idf)
         else:
             obj._transformer = TfidfTransformer(sublinear_tf=obj.config.sublinear_tf)
             obj._transformer.fit(sp.csr_matrix((1, idf.shape[0]), dtype=np.float32))
             obj._transformer.idf_ = idf
         return obj
+
+    def _load_vectorizer(self, directory: Path, suffix: str, idf: np.ndarray) -> TfidfVectorizer:
+        path = directory / f"vocabulary{suffix}.json"
+        try:
+            vocab = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ModelError(f"{directory}: TF-IDF files missing ({exc.filename})") from exc
+        vectorizer = self._make_vectorizer()
+        vectorizer.vocabulary = vocab
+        vectorizer.fit(["x"])  # sets up the analyzer with the fixed vocabulary
+        vectorizer.idf_ = idf
+        return vectorizer
+
+
+def _l2(x: sp.spmatrix) -> sp.csr_matrix:
+    return normalize(sp.csr_matrix(x, dtype=np.float32), norm="l2", copy=False)
+
+
+def _save_vectorizer(vectorizer: TfidfVectorizer, directory: Path, suffix: str) -> None:
+    vocab = {term: int(i) for term, i in vectorizer.vocabulary_.items()}
+    atomic_write_text(directory / f"vocabulary{suffix}.json", json.dumps(vocab))
+    atomic_save_npy(directory / f"idf{suffix}.npy", vectorizer.idf_)

@@ -52,8 +52,9 @@ class TfidfKNN(XMCModel):
         features = featurizer.transform(split.texts, split.features)
         labels = sp.csr_matrix(split.labels).astype(np.float32, copy=True)
         labels.data[:] = 1.0  # votes count each relevant label once, whatever its relevance value
-        log.info("knn: %d training points, %d TF-IDF features (%s), fitted in %.1fs", features.shape[0],
-                 featurizer.n_features, featurizer.source, time.perf_counter() - start)
+        lead = f", lead channel of {featurizer.lead_words} words" if featurizer.lead_words else ""
+        log.info("knn: %d training points, %d TF-IDF features (%s%s), fitted in %.1fs", features.shape[0],
+                 featurizer.n_features, featurizer.source, lead, time.perf_counter() - start)
         return cls(config, featurizer, features, labels)
 
     def neighbours(self, features: sp.csr_matrix, k: int, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
