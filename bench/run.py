@@ -119,13 +119,27 @@ def run_peers(key: str, data: Path, variant: str, out_dir: Path, force: bool, th
     if not PEERS_PY.exists():
         print("  peers skipped: run bash bench/setup_peers.sh first", flush=True)
         return []
-    feats = out_dir / "features" / key
-    if force or not (feats / "meta.json").exists():
-        run([sys.executable, str(BENCH / "prepare_features.py"), "--data", str(data), "--text-variant", variant,
-             "--out", str(feats)], out_dir / f"{key}__features.log")
+    results = []
+    # the peers' standard features, and -- where xmine's own featurizer adds a lead channel -- xmine's features,
+    # so that the table separates what the features give from what the model gives
+    for lead in ("off", "auto"):
+        suffix = "" if lead == "off" else "-lead"
+        feats = out_dir / "features" / f"{key}{suffix}"
+        if force or not (feats / "meta.json").exists():
+            run([sys.executable, str(BENCH / "prepare_features.py"), "--data", str(data), "--text-variant", variant,
+                 "--lead-channel", lead, "--out", str(feats)], out_dir / f"{key}__features{suffix}.log")
+        if lead != "off" and not json.loads((feats / "meta.json").read_text()).get("lead_words"):
+            continue
+        results += run_peers_on(key, data, variant, out_dir, feats, suffix, force, threads)
+    return results
+
+
+def run_peers_on(key: str, data: Path, variant: str, out_dir: Path, feats: Path, suffix: str, force: bool,
+                 threads: int) -> list[dict]:
     results = []
     for method, label in (("pecos", "PECOS XR-Linear"), ("omikuji", "Omikuji Parabel"), ("napkinxc", "napkinXC PLT")):
-        out = out_dir / f"{key}__peer-{method}.json"
+        label += " + lead channel" if suffix else ""
+        out = out_dir / f"{key}__peer-{method}{suffix}.json"
         if force or not out.exists():
             ok = run([str(PEERS_PY), str(BENCH / "peers.py"), "--method", method, "--features-dir", str(feats),
                       "--threads", str(threads), "--out", str(out)], out.with_suffix(".log"))
