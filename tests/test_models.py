@@ -218,3 +218,16 @@ def test_mips_method_trains_rebuilds_on_schedule_and_round_trips(ds, tiny_model_
     model.save(tmp_path / "mips")
     again = load_model(tmp_path / "mips").predict(ds.test, k=10)
     assert np.array_equal(again.indices, pred.indices) and np.allclose(again.data, pred.data, atol=1e-5)
+
+
+def test_knn_with_lead_channel_round_trips(ds, tmp_path):
+    """A model whose TF-IDF has a lead channel saves and loads it: identical predictions."""
+    from xmine.config import TfidfConfig
+
+    model = TfidfKNN.train(ds, KNNConfig(tfidf=TfidfConfig(lead_channel="on", lead_words=2)))
+    assert model.featurizer.lead_words == 2
+    pred = model.predict(ds.test, k=10)
+    model.save(tmp_path / "knn")
+    loaded = load_model(tmp_path / "knn")
+    assert loaded.featurizer.lead_words == 2
+    assert (loaded.predict(ds.test, k=10) != pred).nnz == 0
