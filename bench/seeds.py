@@ -21,9 +21,13 @@ from readme import update_block
 from run import BENCH, DATA, DATASETS, run
 
 
-def best_peer(key: str, metric: str) -> tuple[float, str] | None:
+def best_peer(key: str, metric: str, lead: bool = False) -> tuple[float, str] | None:
+    """The best peer's score on the peers' standard features, or with `lead` on xmine's features (rows run
+    where xmine's TF-IDF adds a lead channel)."""
     peers = []
     for path in sorted((BENCH / "results" / "main").glob(f"{key}__peer-*.json")):
+        if path.stem.endswith("-lead") != lead:
+            continue
         result = json.loads(path.read_text())
         value = result.get("metrics", {}).get("model", {}).get(metric)
         if value is not None:
@@ -66,10 +70,14 @@ def main() -> None:
                 cells += ["", "", ""]
                 continue
             spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-            peer = best_peer(key, metric)
-            wins = f"{sum(v > peer[0] for v in values)} of {len(values)}" if peer else "no peer result"
+            versus = []
+            for lead in (False, True):
+                peer = best_peer(key, metric, lead)
+                if peer:
+                    wins = f"{sum(v > peer[0] for v in values)} of {len(values)}"
+                    versus.append(f"{peer[0]:.2f} ({peer[1]}), NGAME above in {wins}")
             cells += [" / ".join(f"{v:.2f}" for v in values), f"{statistics.mean(values):.2f} ± {spread:.2f}",
-                      f"{peer[0]:.2f} ({peer[1]}), NGAME above in {wins}" if peer else wins]
+                      "; ".join(versus) or "no peer result"]
         rows.append(f"| {key} | " + " | ".join(cells) + " |")
     text = "\n".join([
         f"NGAME (fused), seeds {' '.join(map(str, args.seeds))} (`python bench/run.py` for the peers, then "
