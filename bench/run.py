@@ -115,6 +115,11 @@ def run_suite(suite: str, datasets: list[str], quick: bool, force: bool, peers: 
     return results
 
 
+# peers on xmine's features (TF-IDF with a lead channel): result files end in LEAD_FILE_SUFFIX, labels in LEAD_LABEL
+LEAD_FILE_SUFFIX = "-lead"
+LEAD_LABEL = " + lead channel"
+
+
 def run_peers(key: str, data: Path, variant: str, out_dir: Path, force: bool, threads: int) -> list[dict]:
     if not PEERS_PY.exists():
         print("  peers skipped: run bash bench/setup_peers.sh first", flush=True)
@@ -123,7 +128,7 @@ def run_peers(key: str, data: Path, variant: str, out_dir: Path, force: bool, th
     # the peers' standard features, and -- where xmine's own featurizer adds a lead channel -- xmine's features,
     # so that the table separates what the features give from what the model gives
     for lead in ("off", "auto"):
-        suffix = "" if lead == "off" else "-lead"
+        suffix = "" if lead == "off" else LEAD_FILE_SUFFIX
         feats = out_dir / "features" / f"{key}{suffix}"
         if force or not (feats / "meta.json").exists():
             run([sys.executable, str(BENCH / "prepare_features.py"), "--data", str(data), "--text-variant", variant,
@@ -138,7 +143,7 @@ def run_peers_on(key: str, data: Path, variant: str, out_dir: Path, feats: Path,
                  threads: int) -> list[dict]:
     results = []
     for method, label in (("pecos", "PECOS XR-Linear"), ("omikuji", "Omikuji Parabel"), ("napkinxc", "napkinXC PLT")):
-        label += " + lead channel" if suffix else ""
+        label += LEAD_LABEL if suffix else ""
         out = out_dir / f"{key}__peer-{method}{suffix}.json"
         if force or not out.exists():
             ok = run([str(PEERS_PY), str(BENCH / "peers.py"), "--method", method, "--features-dir", str(feats),
@@ -190,9 +195,6 @@ def table(results: list[dict], negatives_column: bool = False) -> str:
     return "\n".join(lines)
 
 
-LEAD_SUFFIX = " + lead channel"
-
-
 def _versus(ngame: dict, peers: list[tuple[str, dict]]) -> tuple[str, str, str]:
     """Best peer P@1 and PSP@5 cells, and the verdict of NGAME against them."""
     best_p1 = max(peers, key=lambda p: p[1]["P@1"])
@@ -212,8 +214,8 @@ def summary(results: list[dict]) -> str:
         rows = [r for r in results if r["dataset_key"] == key]
         ngame = next((r["metrics"]["fused"] for r in rows if r["label"] == "NGAME" and "fused" in r["metrics"]), None)
         peers = [(r["label"], r["metrics"]["model"]) for r in rows if r.get("package")]
-        standard = [p for p in peers if not p[0].endswith(LEAD_SUFFIX)]
-        lead = [p for p in peers if p[0].endswith(LEAD_SUFFIX)]
+        standard = [p for p in peers if not p[0].endswith(LEAD_LABEL)]
+        lead = [p for p in peers if p[0].endswith(LEAD_LABEL)]
         if ngame is None or not standard:
             continue
         p1, psp, verdict = _versus(ngame, standard)

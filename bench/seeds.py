@@ -18,7 +18,7 @@ import statistics
 import sys
 
 from readme import update_block
-from run import BENCH, DATA, DATASETS, run
+from run import BENCH, DATA, DATASETS, LEAD_FILE_SUFFIX, run
 
 
 def best_peer(key: str, metric: str, lead: bool = False) -> tuple[float, str] | None:
@@ -26,7 +26,7 @@ def best_peer(key: str, metric: str, lead: bool = False) -> tuple[float, str] | 
     where xmine's TF-IDF adds a lead channel)."""
     peers = []
     for path in sorted((BENCH / "results" / "main").glob(f"{key}__peer-*.json")):
-        if path.stem.endswith("-lead") != lead:
+        if path.stem.endswith(LEAD_FILE_SUFFIX) != lead:
             continue
         result = json.loads(path.read_text())
         value = result.get("metrics", {}).get("model", {}).get(metric)

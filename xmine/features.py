@@ -68,7 +68,7 @@ class TfidfFeaturizer:
                 raise XmineError("this model was trained on given sparse features; the input has none")
             if features.shape[1] != self.n_features:
                 raise XmineError(f"input has {features.shape[1]} features, the model expects {self.n_features}")
-            out = self._transformer.transform(features)
+            out = _l2(self._transformer.transform(features))
         elif self.source == "text":
             if texts is None:
                 raise XmineError("this model was trained on texts; the input has none")
@@ -78,8 +78,6 @@ class TfidfFeaturizer:
                 out = sp.hstack([out, lead], format="csr", dtype=np.float32)
         else:
             raise XmineError("TfidfFeaturizer is not fitted")
-        if self.source == "given":
-            out = _l2(out)
         out.sort_indices()
         return out
 
@@ -131,23 +129,22 @@ class TfidfFeaturizer:
         if obj.source == "text":
             obj._vectorizer = obj._load_vectorizer(directory, "", idf)
             if obj.lead_words:
-                try:
-                    lead_idf = np.load(directory / "idf_lead.npy")
-                except FileNotFoundError as exc:
-                    raise ModelError(f"{directory}: TF-IDF lead channel files missing ({exc.filename})") from exc
-                obj._lead_vectorizer = obj._load_vectorizer(directory, "_lead", lead_idf)
+                obj._lead_vectorizer = obj._load_vectorizer(directory, "_lead")
         else:
             obj._transformer = TfidfTransformer(sublinear_tf=obj.config.sublinear_tf)
             obj._transformer.fit(sp.csr_matrix((1, idf.shape[0]), dtype=np.float32))
             obj._transformer.idf_ = idf
         return obj
 
-    def _load_vectorizer(self, directory: Path, suffix: str, idf: np.ndarray) -> TfidfVectorizer:
-        path = directory / f"vocabulary{suffix}.json"
+    def _load_vectorizer(self, directory: Path, suffix: str, idf: np.ndarray | None = None) -> TfidfVectorizer:
+        """The vectorizer saved with `suffix` ("" full text, "_lead" lead channel); `idf` when already read."""
+        channel = "lead channel " if suffix else ""
         try:
-            vocab = json.loads(path.read_text())
+            vocab = json.loads((directory / f"vocabulary{suffix}.json").read_text())
+            if idf is None:
+                idf = np.load(directory / f"idf{suffix}.npy")
         except FileNotFoundError as exc:
-            raise ModelError(f"{directory}: TF-IDF files missing ({exc.filename})") from exc
+            raise ModelError(f"{directory}: TF-IDF {channel}files missing ({exc.filename})") from exc
         vectorizer = self._make_vectorizer()
         vectorizer.vocabulary = vocab
         vectorizer.fit(["x"])  # sets up the analyzer with the fixed vocabulary
