@@ -47,6 +47,15 @@ def test_print_default_config_applies_flags_and_overrides(capsys):
     assert config["siamese"]["batching"] == "random" and config["stages"] == [1]
 
 
+@pytest.mark.parametrize("method", ["ngame", "mips", "knn"])
+def test_lead_channel_flag_sets_the_tfidf_config(capsys, method):
+    code, out, _ = run(capsys, "train", "--method", method, "--print-default-config", "--lead-channel", "off")
+    assert code == 0 and json.loads(out)["tfidf"]["lead_channel"] == "off"
+    with pytest.raises(SystemExit):  # argparse: usage line + "invalid choice", exit status 2
+        main(["train", "--print-default-config", "--lead-channel", "sometimes"])
+    assert "invalid choice: 'sometimes'" in capsys.readouterr().err
+
+
 def test_paper_preset_by_name(capsys):
     code, out, _ = run(capsys, "train", "--config", "ngame-paper", "--print-default-config")
     assert code == 0 and json.loads(out)["siamese"]["batch_size"] == 1600

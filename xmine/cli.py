@@ -45,6 +45,7 @@ FLAG_PATHS: dict[str, dict[str, list[str]]] = {
     "reindex_every": {"mips": ["mips.reindex_every"]},
     "warmup_epochs": {"mips": ["mips.warmup_epochs"]},
     "neighbours": {"knn": ["neighbours"]},
+    "lead_channel": {"ngame": ["tfidf.lead_channel"], "mips": ["tfidf.lead_channel"], "knn": ["tfidf.lead_channel"]},
 }
 
 
@@ -332,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--reindex-every", type=int, help="MIPS index rebuild interval, in steps")
     train.add_argument("--warmup-epochs", type=int, help="epochs of uniform negatives before MIPS negatives")
     train.add_argument("--neighbours", type=int, help="knn baseline: neighbours that vote")
+    train.add_argument("--lead-channel", choices=["auto", "on", "off"],
+                       help="TF-IDF of each text's first tfidf.lead_words words as a second feature block "
+                            "(auto: when the median training text is longer than twice that)")
     train.set_defaults(func=cmd_train)
 
     predict = sub.add_parser("predict", help="predict top-k labels for a dataset split")
