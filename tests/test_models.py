@@ -192,6 +192,38 @@ def test_stage2_classifier_index_negatives_come_from_the_configured_index(ds, ng
         assert built == [kind]
 
 
+def test_ranker_trains_on_the_candidates_it_scores_at_prediction(ds, ngame, tiny_model_dir, monkeypatch):
+    """The sparse ranker's training shortlist holds the classifier index's candidates as well (matcher-aware
+    negatives): at prediction those candidates are scored by the ranker too, so it must have learnt to reject
+    them. `ranker.shortlist_with_classifier_index=False` trains it on the label-embedding ANN and neighbours only."""
+    import xmine.models.ngame as ngame_module
+
+    seen = []
+
+    class Recording(ngame_module.SparseRanker):
+        @classmethod
+        def train(cls, features, labels, shortlist, *args, **kwargs):
+            seen.append(shortlist)
+            return super().train(features, labels, shortlist, *args, **kwargs)
+
+    monkeypatch.setattr(ngame_module, "SparseRanker", Recording)
+    _, out = ngame
+    base = _ngame_config(tiny_model_dir).replace(stages=[2])
+    base = base.replace(classifier=base.classifier.replace(epochs=1))
+    model = NGAME.train(ds, base, init_from=out, progress=False)
+    assert len(seen) == 2 and seen[0] is seen[1]  # the fit on the training rows, and the refit on all points
+    emb = model.encoder.encode(model.encoder.prepare(ds.train.texts))
+    from_classifiers = model.classifier_index.search(emb, base.classifier.shortlist_size)[1]
+    from_embeddings = model.label_index.search(emb, base.classifier.shortlist_size)[1]
+    assert all(set(from_classifiers[i]) <= set(seen[0][i]) for i in range(len(emb)))
+    assert any(not set(from_classifiers[i]) <= set(from_embeddings[i]) for i in range(len(emb)))
+
+    seen.clear()
+    off = base.replace(ranker=base.ranker.replace(shortlist_with_classifier_index=False))
+    NGAME.train(ds, off, init_from=out, progress=False)
+    assert not all(set(from_classifiers[i]) <= set(seen[0][i]) for i in range(len(emb)))
+
+
 def test_empty_label_text_is_a_clear_error(ds, tiny_model_dir):
     ds_bad = load_dataset(ds.path)
     ds_bad.label_texts[3] = "  "

@@ -340,6 +340,10 @@ class RankerConfig(Params):
     # all training points, as scikit-learn's stacking refits its base models: Bibtex ranker P@1 63.8 on 80% of
     # the points vs 65.3 on all of them. Costs a second fit.
     refit_on_all: bool = True
+    # train on the candidates the ranker will score at prediction time: the label-embedding ANN's and the TF-IDF
+    # neighbours' plus the classifier index's (PECOS's matcher-aware negatives). Without the last, its candidates
+    # are labels the ranker never learnt to reject.
+    shortlist_with_classifier_index: bool = True
 
     def validate(self) -> None:
         super().validate()

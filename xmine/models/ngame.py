@@ -229,9 +229,9 @@ class NGAME(XMCModel):
                  self.history["shortlist_recall_train"])
         train_labels = without_rows(labels, holdout)  # held-out rows have no positives -> skipped
 
-        def train_ranker(on_labels: sp.csr_matrix) -> None:
+        def train_ranker(on_labels: sp.csr_matrix, ranker_shortlist: np.ndarray) -> None:
             t0 = time.perf_counter()
-            self.ranker = SparseRanker.train(self.knn.train_features, on_labels, shortlist, cfg.ranker,
+            self.ranker = SparseRanker.train(self.knn.train_features, on_labels, ranker_shortlist, cfg.ranker,
                                              n_jobs=torch.get_num_threads(), progress=progress)
             seconds = time.perf_counter() - t0
             self.history["ranker_seconds"] = self.history.get("ranker_seconds", 0.0) + seconds
@@ -239,8 +239,6 @@ class NGAME(XMCModel):
             log.info("stage 2 sparse ranker on %d points: %d weights kept, %.0fs", int((on_labels.getnnz(1) > 0)
                      .sum()), self.ranker.weights.nnz, seconds)
 
-        if cfg.ranker.enabled:
-            train_ranker(train_labels)
         classifiers = LabelClassifiers(self.n_labels, self.encoder.dim, cfg.classifier.features,
                                        cfg.classifier.hash_buckets,
                                        cfg.classifier.max_sparse_features)
@@ -277,6 +275,17 @@ class NGAME(XMCModel):
             self.label_embeddings = self.encoder.encode(dataset.label_texts)
             self.label_index = LabelIndex.build(self.label_embeddings, cfg.index)
             emb = self.encoder.encode(point_inputs)
+        ranker_shortlist = shortlist
+        if cfg.ranker.enabled:
+            if cfg.ranker.shortlist_with_classifier_index or cfg.classifier.finetune_encoder:
+                # the ranker learns to reject what every candidate source proposes at prediction time
+                t0 = time.perf_counter()
+                ranker_shortlist, _ = self._scorer()(
+                    emb, self.knn.train_features, classifier_sparse=False, exclude_rows=np.arange(n),
+                    use_classifier_index=cfg.ranker.shortlist_with_classifier_index, with_scores=False)
+                self.history["shortlist_seconds"] += time.perf_counter() - t0
+                log.info("stage 2 ranker shortlist: %d candidates/point", ranker_shortlist.shape[1])
+            train_ranker(train_labels, ranker_shortlist)
         # fusion on the held-out training points
         self.fusion = ScoreFusion(cfg.fusion, inverse_propensity(labels[fit_rows], cfg.fusion.propensity_A,
                                                                  cfg.fusion.propensity_B), self.score_sources)
@@ -295,7 +304,7 @@ class NGAME(XMCModel):
                      check["fitted_on"])
         self.history["shortlist_recall_holdout"] = recall_of_shortlist(cand, labels[holdout])
         if self.ranker is not None and cfg.ranker.refit_on_all and len(holdout):
-            train_ranker(labels)
+            train_ranker(labels, ranker_shortlist)
 
     @property
     def score_sources(self) -> tuple[str, ...]:
