@@ -120,20 +120,27 @@ LEAD_FILE_SUFFIX = "-lead"
 LEAD_LABEL = " + lead channel"
 
 
+PEERS = (("pecos", "PECOS XR-Linear"), ("omikuji", "Omikuji Parabel"), ("napkinxc", "napkinXC PLT"))
+
+
 def run_peers(key: str, data: Path, variant: str, out_dir: Path, force: bool, threads: int) -> list[dict]:
-    if not PEERS_PY.exists():
-        print("  peers skipped: run bash bench/setup_peers.sh first", flush=True)
-        return []
     results = []
     # the peers' standard features, and -- where xmine's own featurizer adds a lead channel -- xmine's features,
     # so that the table separates what the features give from what the model gives
     for lead in ("off", "auto"):
         suffix = "" if lead == "off" else LEAD_FILE_SUFFIX
+        outs = [out_dir / f"{key}__peer-{method}{suffix}.json" for method, _ in PEERS]
+        if not force and all(out.exists() for out in outs):  # nothing to run: no features, no peers venv needed
+            results += [{**json.loads(out.read_text()), "dataset_key": key} for out in outs]
+            continue
         feats = out_dir / "features" / f"{key}{suffix}"
         if force or not (feats / "meta.json").exists():
             run([sys.executable, str(BENCH / "prepare_features.py"), "--data", str(data), "--text-variant", variant,
                  "--lead-channel", lead, "--out", str(feats)], out_dir / f"{key}__features{suffix}.log")
         if lead != "off" and not json.loads((feats / "meta.json").read_text()).get("lead_words"):
+            continue
+        if not PEERS_PY.exists():
+            print("  peers skipped: run bash bench/setup_peers.sh first", flush=True)
             continue
         results += run_peers_on(key, data, variant, out_dir, feats, suffix, force, threads)
     return results
@@ -142,7 +149,7 @@ def run_peers(key: str, data: Path, variant: str, out_dir: Path, force: bool, th
 def run_peers_on(key: str, data: Path, variant: str, out_dir: Path, feats: Path, suffix: str, force: bool,
                  threads: int) -> list[dict]:
     results = []
-    for method, label in (("pecos", "PECOS XR-Linear"), ("omikuji", "Omikuji Parabel"), ("napkinxc", "napkinXC PLT")):
+    for method, label in PEERS:
         label += LEAD_LABEL if suffix else ""
         out = out_dir / f"{key}__peer-{method}{suffix}.json"
         if force or not out.exists():
