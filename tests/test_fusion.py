@@ -141,3 +141,52 @@ def test_fitted_options_are_judged_out_of_fold():
     # the final models are fitted on all points either way
     in_sample.mode = cross_fitted.mode = "lr+tree"
     assert np.allclose(in_sample.combine(scores, cand), cross_fitted.combine(scores, cand))
+
+
+def _offset_problem(seed: int):
+    """As _problem, but each point's classifier scores are shifted by a random per-point offset: a calibrated
+    score for one point is not for another, and only a score relative to the point's others is comparable."""
+    cand, scores, truth, inv_p = _problem(seed)
+    scores["classifier"] = scores["classifier"] + np.random.default_rng([seed, 1]).normal(0, 4, (len(cand), 1))
+    return cand, scores, truth, inv_p
+
+
+def test_point_context_features_let_the_fusion_use_scores_that_are_only_comparable_within_a_point():
+    fit_cand, fit_scores, fit_truth, inv_p = _offset_problem(0)
+    cand, scores, truth, _ = _offset_problem(1)
+    held_out = {}
+    for context in (False, True):
+        fusion = ScoreFusion(FusionConfig(point_context=context), inv_p, ("classifier", "encoder"))
+        fusion.fit(fit_scores, fit_cand, fit_truth)
+        held_out[context] = _ndcg5(fusion.combine(scores, cand), cand, truth)
+    best_source = max(_ndcg5(scores[s], cand, truth) for s in scores)
+    assert held_out[False] <= best_source + 1  # absolute scores: the offsets hide what the classifier knows
+    assert held_out[True] > best_source + 5
+
+
+def test_point_context_features_are_gaps_to_the_best_and_ranks_and_ignore_padding():
+    cand = np.array([[3, 1, -1], [0, 2, 4]])
+    scores = {"classifier": np.array([[0.0, 2.0, 9.0], [1.0, -1.0, 0.0]]),
+              "encoder": np.array([[0.5, 0.1, 7.0], [0.2, 0.3, 0.1]])}
+    fusion = ScoreFusion(FusionConfig(), np.ones(5), ("classifier", "encoder"))
+    features = fusion._features(scores, cand).reshape(2, 3, -1)
+    # columns: classifier, encoder, log inverse propensity, classifier gap, classifier log(1 + rank), encoder gap
+    sig = 1 / (1 + np.exp(-scores["classifier"]))
+    assert np.allclose(features[0, :2, 3], sig[0, :2] - sig[0, 1])  # the padded candidate is not the best
+    assert np.allclose(features[1, :, 4], np.log1p([0, 2, 1]))
+    assert np.allclose(features[0, :2, 5], [0.0, -0.4])
+
+
+def test_fusions_saved_before_point_context_load_without_it(tmp_path):
+    import json
+
+    cand, scores, truth, inv_p = _problem(3)
+    fusion = ScoreFusion(FusionConfig(point_context=False), inv_p, ("classifier", "encoder"))
+    fusion.fit(scores, cand, truth)
+    fusion.save(tmp_path)
+    meta = json.loads((tmp_path / "fusion.json").read_text())
+    del meta["config"]["point_context"]  # as written by earlier versions
+    (tmp_path / "fusion.json").write_text(json.dumps(meta))
+    loaded = ScoreFusion.load(tmp_path)
+    assert not loaded.config.point_context
+    assert np.allclose(loaded.combine(scores, cand), fusion.combine(scores, cand))

@@ -356,7 +356,8 @@ class FusionConfig(Params):
     """How the candidates' scores are combined at prediction time (see xmine.fusion).
 
     "learned": fitted on held-out TRAINING points — a logistic regression and NGAME's small decision
-    tree on [classifier score, encoder similarity, TF-IDF neighbour vote, ranker score, log inverse propensity];
+    tree on [classifier score, encoder similarity, TF-IDF neighbour vote, ranker score, log inverse propensity]
+    (+ with `point_context`, each score's gap to the point's best and the logit sources' ranks);
     the best of those (or of any single source) on the held-out points is kept.
     "fixed": score = weight * sigmoid(classifier) + (1 - weight) * encoder similarity.
     """
@@ -374,6 +375,8 @@ class FusionConfig(Params):
     stage1_unseen_points: int = 500
     propensity_A: float = 0.55
     propensity_B: float = 1.5
+    # pair features relative to the point's other candidates (gap to its best score, rank): see fusion.point_context
+    point_context: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None = None, where: str = "") -> FusionConfig:
