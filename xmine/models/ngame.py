@@ -277,14 +277,18 @@ class NGAME(XMCModel):
             emb = self.encoder.encode(point_inputs)
         ranker_shortlist = shortlist
         if cfg.ranker.enabled:
-            if cfg.ranker.shortlist_with_classifier_index or cfg.classifier.finetune_encoder:
-                # the ranker learns to reject what every candidate source proposes at prediction time
-                t0 = time.perf_counter()
+            # the ranker learns to reject what every candidate source proposes at prediction time
+            t0 = time.perf_counter()
+            if cfg.classifier.finetune_encoder:  # the embeddings moved: the whole shortlist is searched again
                 ranker_shortlist, _ = self._scorer()(
                     emb, self.knn.train_features, classifier_sparse=False, exclude_rows=np.arange(n),
                     use_classifier_index=cfg.ranker.shortlist_with_classifier_index, with_scores=False)
-                self.history["shortlist_seconds"] += time.perf_counter() - t0
-                log.info("stage 2 ranker shortlist: %d candidates/point", ranker_shortlist.shape[1])
+            elif cfg.ranker.shortlist_with_classifier_index and self.classifier_index is not None:
+                # `shortlist` already holds the label-embedding ANN's and the neighbours' candidates
+                k = min(cfg.classifier.shortlist_size, self.n_labels)
+                ranker_shortlist = union_candidates(shortlist, self.classifier_index.search(emb, k)[1])
+            self.history["shortlist_seconds"] += time.perf_counter() - t0
+            log.info("stage 2 ranker shortlist: %d candidates/point", ranker_shortlist.shape[1])
             train_ranker(train_labels, ranker_shortlist)
         # fusion on the held-out training points
         self.fusion = ScoreFusion(cfg.fusion, inverse_propensity(labels[fit_rows], cfg.fusion.propensity_A,
