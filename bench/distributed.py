@@ -1,8 +1,8 @@
 """1 process vs N data-parallel processes (torchrun, gloo on CPU) on the same global batch: NGAME stage 1
 throughput, final loss and the encoder's test accuracy, side by side.
 
-  python bench/distributed.py                        # HPO (bundled demo data), 1 vs 2 processes
-  python bench/distributed.py --data DIR --nproc 1 2 4 --epochs 20
+  python -m bench.distributed                        # HPO (bundled demo data), 1 vs 2 processes
+  python -m bench.distributed --data DIR --nproc 1 2 4 --epochs 20
 
 On one CPU machine the processes share its cores (each gets cores / N threads), so this measures that the
 distributed run computes the same thing and what the communication costs, not a speed-up: the speed-up
@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from readme import update_block
+from bench.blocks import REPO, SCALING_DOC, update_block
+from xmine.demo import demo_dataset_path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
+BENCH = REPO / "bench"
 
 
 def run(nproc: int, data: str, out: Path, epochs: int, cores: int) -> dict:
@@ -57,17 +57,15 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md's DIST block")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="write the table into docs/scaling.md's DIST block")
     parser.add_argument("--work", default="/tmp/xmine-bench-distributed")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-    from xmine.demo import demo_dataset_path
-
     data = args.data or str(demo_dataset_path())
     results = [run(n, data, Path(args.work) / f"np{n}", args.epochs, args.cores) for n in args.nproc]
     ref = results[0]["losses"]
     lines = [f"NGAME stage 1 on `{Path(data).name}`, {args.epochs} epochs, global batch = the config's batch size, "
-             f"{args.cores} CPU cores shared by the processes (`python bench/distributed.py`).", "",
+             f"{args.cores} CPU cores shared by the processes (`python -m bench.distributed`).", "",
              "| processes | threads each | stage 1 s | points/s | final loss | max rel. loss diff vs 1 process | "
              "points seen per epoch | encoder P@1 | P@5 | PSP@5 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -84,7 +82,7 @@ def main() -> None:
     (out / "distributed.json").write_text(json.dumps(results, indent=2))
     print(text)
     if args.update_readme:
-        update_block("DIST", text)
+        update_block(SCALING_DOC, "DIST", text)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ matrix in the same format (~20 features/row) and the same data in the single-fil
 ``read_sparse_matrix`` / ``read_single_file``. Each read runs in a fresh subprocess so that its peak
 RSS (``ru_maxrss``) is its own and not the generator's.
 
-    python bench/parse_speed.py [--rows N] [--keep DIR]
+    python -m bench.parse_speed [--rows N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _maxrss_mib() -> float:
@@ -90,7 +88,7 @@ def _generate(out: Path, n: int) -> None:
 
 
 def _run(*args: str) -> str:
-    res = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "bench.parse_speed", *args], check=True, capture_output=True, text=True)
     return res.stdout
 
 

@@ -3,12 +3,12 @@
 Run with the peers venv (bench/setup_peers.sh), never with xmine's python -- this script does not
 import xmine (the peers venv has numpy<2 and no xmine):
 
-    bench/.venv-peers/bin/python bench/peers.py --method pecos|omikuji|omikuji-bonsai|napkinxc \\
+    bench/.venv-peers/bin/python -m bench.peers --method pecos|omikuji|omikuji-bonsai|napkinxc \\
         --features-dir DIR --out RESULT.json [--threads 2]
 
-DIR holds what bench/prepare_features.py wrote (X_trn.npz, X_tst.npz, Y_trn.npz). Writes the top-100
+DIR holds what bench.prepare_features wrote (X_trn.npz, X_tst.npz, Y_trn.npz). Writes the top-100
 score matrix DIR/pred_<method>.npz (CSR, shape (n_test, n_labels); score it with
-bench/score_predictions.py) and RESULT.json with the timings, memory and model size.
+bench.score_predictions) and RESULT.json with the timings, memory and model size.
 
 Protocol, the same for every peer:
 
@@ -261,7 +261,7 @@ def _latency(predict, x: sp.csr_matrix, n: int) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", required=True, choices=METHODS)
-    ap.add_argument("--features-dir", required=True, help="output of bench/prepare_features.py")
+    ap.add_argument("--features-dir", required=True, help="output of bench.prepare_features")
     ap.add_argument("--out", required=True, help="RESULT.json to write")
     ap.add_argument("--threads", type=int, default=2, help="threads given to the library (default 2)")
     ap.add_argument("--pred", default=None, help="prediction file (default FEATURES_DIR/pred_<method>.npz)")

@@ -1,8 +1,8 @@
-"""Write the TF-IDF features and labels that the peer libraries train on (bench/peers.py).
+"""Write the TF-IDF features and labels that the peer libraries train on (bench.peers).
 
 Run with xmine's python (the main environment):
 
-    python bench/prepare_features.py --data DIR [--text-variant full|title] [--lead-channel off|on|auto]
+    python -m bench.prepare_features --data DIR [--text-variant full|title] [--lead-channel off|on|auto]
         --out FEATURES_DIR
 
 Loads the dataset with xmine, fits xmine's TfidfFeaturizer (TfidfConfig: word 1-2 grams, min_df 2,
@@ -22,10 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-
-_REPO = Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))  # run from a checkout without `pip install -e`
 
 
 def _binary(y: sp.csr_matrix) -> sp.csr_matrix:

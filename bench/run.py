@@ -1,14 +1,16 @@
 """The side-by-side benchmark: xmine's methods and the peer libraries, same data, same run, this machine.
 
-  python bench/run.py                       # main suite, all datasets (49 min on 2 cores with --force)
-  python bench/run.py --quick               # minutes: HPO and Bibtex, short schedules
-  python bench/run.py --suite mips          # MIPS negative-sampling ablation
-  python bench/run.py --suite ngame         # NGAME stage-1 ablation (random vs cluster batches, losses)
-  python bench/run.py --update-readme       # also rewrite the README's results table
+  python -m bench.run                       # main suite, all datasets (about 50 min on 2 cores with --force)
+  python -m bench.run --quick               # minutes: HPO and Bibtex, short schedules
+  python -m bench.run --suite mips          # MIPS negative-sampling ablation
+  python -m bench.run --suite ngame         # NGAME stage-1 ablation (random vs cluster batches, losses)
+  python -m bench.run --update-readme       # also write docs/benchmarks.md's tables and README.md's summary
+  python -m bench.run --report --update-readme   # measure nothing: rebuild both from the stored results
 
 Every run is its own process (peak memory is that run's alone) and writes bench/results/<suite>/<run>.json;
 existing results are reused unless --force. Peers run in their own virtual environment (bench/setup_peers.sh),
-on TF-IDF features computed by bench/prepare_features.py from the same training texts.
+on TF-IDF features computed by bench/prepare_features.py from the same training texts. Paths in result files are
+relative to the repository. Run from the repository root.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from readme import update_block
+from bench.blocks import BENCHMARKS_DOC, README, REPO, repo_relative, update_block
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
+BENCH = REPO / "bench"
 DATA = Path(os.environ.get("XMINE_BENCH_DATA", REPO.parent / "shared" / "data"))
 PEERS_PY = BENCH / ".venv-peers" / "bin" / "python"
 
@@ -89,7 +90,8 @@ def slug(text: str) -> str:
 
 
 def run_suite(suite: str, datasets: list[str], quick: bool, force: bool, peers: bool, threads: int,
-              exclude: set[str] = frozenset()) -> list[dict]:
+              exclude: set[str] = frozenset(), measure: bool = True) -> list[dict]:
+    """Run what is missing (everything with `force`; nothing unless `measure`) and return the suite's results."""
     out_dir = BENCH / "results" / (suite + ("-quick" if quick else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -102,8 +104,8 @@ def run_suite(suite: str, datasets: list[str], quick: bool, force: bool, peers: 
                 print(f"  skipped (--exclude): {label}", flush=True)
                 continue
             out = out_dir / f"{key}__{slug(label)}.json"
-            if force or not out.exists():
-                cmd = [sys.executable, str(BENCH / "run_xmine.py"), "--method", method, "--data", str(data),
+            if measure and (force or not out.exists()):
+                cmd = [sys.executable, "-m", "bench.run_xmine", "--method", method, "--data", str(data),
                        "--text-variant", variant, "--label", label, "--threads", str(threads), "--out", str(out)]
                 for s in sets:
                     cmd += ["--set", s]
@@ -111,7 +113,12 @@ def run_suite(suite: str, datasets: list[str], quick: bool, force: bool, peers: 
             if out.exists():
                 results.append({**json.loads(out.read_text()), "dataset_key": key})
         if peers and suite == "main":
-            results += run_peers(key, data, variant, out_dir, force, threads)
+            if measure:
+                results += run_peers(key, data, variant, out_dir, force, threads)
+            else:
+                outs = [out_dir / f"{key}__peer-{method}{suffix}.json" for suffix in ("", LEAD_FILE_SUFFIX)
+                        for method, _ in PEERS]
+                results += [{**json.loads(out.read_text()), "dataset_key": key} for out in outs if out.exists()]
     return results
 
 
@@ -135,8 +142,8 @@ def run_peers(key: str, data: Path, variant: str, out_dir: Path, force: bool, th
             continue
         feats = out_dir / "features" / f"{key}{suffix}"
         if force or not (feats / "meta.json").exists():
-            run([sys.executable, str(BENCH / "prepare_features.py"), "--data", str(data), "--text-variant", variant,
-                 "--lead-channel", lead, "--out", str(feats)], out_dir / f"{key}__features{suffix}.log")
+            run([sys.executable, "-m", "bench.prepare_features", "--data", str(data), "--text-variant", variant,
+                 "--lead-channel", lead, "--out", repo_relative(feats)], out_dir / f"{key}__features{suffix}.log")
         if lead != "off" and not json.loads((feats / "meta.json").read_text()).get("lead_words"):
             continue
         if not PEERS_PY.exists():
@@ -153,10 +160,10 @@ def run_peers_on(key: str, data: Path, variant: str, out_dir: Path, feats: Path,
         label += LEAD_LABEL if suffix else ""
         out = out_dir / f"{key}__peer-{method}{suffix}.json"
         if force or not out.exists():
-            ok = run([str(PEERS_PY), str(BENCH / "peers.py"), "--method", method, "--features-dir", str(feats),
+            ok = run([str(PEERS_PY), "-m", "bench.peers", "--method", method, "--features-dir", repo_relative(feats),
                       "--threads", str(threads), "--out", str(out)], out.with_suffix(".log"))
             if ok:
-                score = subprocess.run([sys.executable, str(BENCH / "score_predictions.py"), "--data", str(data),
+                score = subprocess.run([sys.executable, "-m", "bench.score_predictions", "--data", str(data),
                                         "--text-variant", variant, "--pred", str(feats / f"pred_{method}.npz")],
                                        capture_output=True, text=True, cwd=REPO,
                                        env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -180,6 +187,14 @@ def negatives_cost(r: dict) -> str:
     return f"{reindex:.1f} + {search:.1f} ({100 * (reindex + search) / total:.0f}%)"
 
 
+def kept(r: dict) -> bool:
+    """Whether an xmine run's model size includes its training checkpoints (results written before run_xmine
+    recorded `model_has_checkpoints` kept them)."""
+    if r.get("package") or r.get("method") == "knn" or r.get("model_size_mb") is None:
+        return False
+    return r.get("model_has_checkpoints", True)
+
+
 def table(results: list[dict], negatives_column: bool = False) -> str:
     head = ("| dataset | method | scores | P@1 | P@3 | P@5 | nDCG@5 | PSP@1 | PSP@3 | PSP@5 | train s | "
             + ("re-index + negatives s (share of train) | " if negatives_column else "")
@@ -192,7 +207,7 @@ def table(results: list[dict], negatives_column: bool = False) -> str:
                 f"{r.get('predict_points_per_s', 0):.0f}",
                 f"{r.get('latency_ms_p50', 0):.1f} / {r.get('latency_ms_p99', 0):.1f}",
                 f"{r.get('peak_rss_mb', 0):.0f}",
-                "" if r.get("model_size_mb") is None else f"{r['model_size_mb']:.0f}"]
+                "" if r.get("model_size_mb") is None else f"{r['model_size_mb']:.0f}" + ("*" if kept(r) else "")]
             if not first:
                 timing = [""] * len(timing)
             cells = [r["dataset_key"], r["label"] if first else "", kind if kind != "model" else ""]
@@ -234,6 +249,25 @@ def summary(results: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def short_summary(results: list[dict]) -> str:
+    """README.md's five rows: per dataset, NGAME (fused) against the best peer result on each metric, over every
+    peer row (the peers on their standard features and, where run, on xmine's features)."""
+    lines = ["| dataset | xmine NGAME P@1 / PSP@5 | best peer P@1 / PSP@5 | verdict |", "|---|---|---|---|"]
+    for key in dict.fromkeys(r["dataset_key"] for r in results):
+        rows = [r for r in results if r["dataset_key"] == key]
+        ngame = next((r["metrics"]["fused"] for r in rows if r["label"] == "NGAME" and "fused" in r["metrics"]), None)
+        peers = [(r["label"], r["metrics"]["model"]) for r in rows if r.get("package")]
+        if ngame is None or not peers:
+            continue
+        p1, psp, verdict = _versus(ngame, peers)
+        same_peer = p1.split(" ", 1)[1] == psp.split(" ", 1)[1]  # one peer is best on both: name it once
+        best = f"{p1.split(' ', 1)[0]} / {psp}" if same_peer else f"{p1} / {psp}"
+        labels = next((r["n_labels"] for r in rows if r.get("n_labels")), None)
+        name = f"{key} ({labels:,} labels)" if labels else key
+        lines.append(f"| {name} | {ngame['P@1']:.2f} / {ngame['PSP@5']:.2f} | {best} | {verdict} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     try:
@@ -245,6 +279,22 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), {mem:.0f} GiB RAM, {gpu}"
 
 
+def describe(meta: dict, suite: str, quick: bool, results: list[dict]) -> str:
+    """The paragraph above the tables: when, where and how the results were measured, and how to read them."""
+    checkpoints = (" `model MiB` is the model directory on disk; * marks xmine models measured with their training "
+                   "checkpoints (optimizer states) still in it." if any(kept(r) for r in results)
+                   else " `model MiB` is the model directory on disk.")
+    return (f"Measured {meta['date']} on {meta['machine']}, {meta['threads']} threads per run, with "
+            f"`{meta['command']}` (suite `{suite}`{', quick' if quick else ''}). "
+            "Test split of each dataset; metrics in %; PSP with A=0.55, B=1.5; filter_labels applied. "
+            "Peers on TF-IDF word 1–2-gram features (sublinear tf, min_df 2, L2 rows) of the same training texts, "
+            "given features for Delicious/Bibtex; xmine on raw text (plus those TF-IDF features in its "
+            "classifiers and sparse ranker, with a lead channel -- the TF-IDF of each text's first 12 words -- "
+            "where texts are long: debian full texts). Rows marked `+ lead channel` are the peers on xmine's "
+            "features. For NGAME, `scores` shows the fused model and the sources it fuses "
+            "(the fourth, the TF-IDF neighbour vote, ranks labels as the knn baseline does)." + checkpoints)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=["main", "ngame", "mips"], default="main")
@@ -253,37 +303,44 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="re-run even if a result exists")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="write the full tables into docs/benchmarks.md and the summary into README.md")
+    parser.add_argument("--report", action="store_true",
+                        help="measure nothing: rebuild the tables from the stored results")
     parser.add_argument("--exclude", nargs="+", default=[], metavar="DATASET:LABEL",
                         help='leave out runs, e.g. "debian-full:MIPS negatives"')
     args = parser.parse_args()
+    if args.update_readme and args.suite != "main":
+        raise SystemExit("--update-readme writes the main suite's tables; use it with --suite main")
     datasets = args.datasets or (["hpo", "bibtex"] if args.quick else list(DATASETS))
+    name = args.suite + ("-quick" if args.quick else "")
+    meta_path = BENCH / "results" / f"{name}.meta.json"
     start = time.time()
     results = run_suite(args.suite, datasets, args.quick, args.force, not args.no_peers, args.threads,
-                        set(args.exclude))
-    command = "python bench/run.py " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])
-    wall = time.time() - start
-    text = (f"Measured {dt.date.today().isoformat()} on {machine()}, {args.threads} threads per run, "
-            f"with `{command.strip()}` (suite `{args.suite}`{', quick' if args.quick else ''}; this command took "
-            f"{wall / 60:.0f} min, {'every run executed' if args.force else 'earlier results reused where present'}). "
-            "Test split of each dataset; metrics in %; PSP with A=0.55, B=1.5; filter_labels applied. "
-            "Peers on TF-IDF word 1–2-gram features (sublinear tf, min_df 2, L2 rows) of the same training texts, "
-            "given features for Delicious/Bibtex; xmine on raw text (plus those TF-IDF features in its "
-            "classifiers and sparse ranker, with a lead channel -- the TF-IDF of each text's first 12 words -- "
-            "where texts are long: debian full texts). Rows marked `+ lead channel` are the peers on xmine's "
-            "features. For NGAME, `scores` shows the fused model and the sources it fuses "
-            "(the fourth, the TF-IDF neighbour vote, ranks labels as the knn baseline does). `model MiB` is the model "
-            "directory on disk, for xmine including its training checkpoints (optimizer states).\n\n"
-            + summary(results) + "\n\n" + table(results, negatives_column=args.suite == "mips"))
-    suffix = "-quick" if args.quick else ""
-    (BENCH / "results" / f"{args.suite}{suffix}.md").write_text(text + "\n")
-    (BENCH / "results" / f"{args.suite}{suffix}.json").write_text(json.dumps(results, indent=2, default=float))
+                        set(args.exclude), measure=not args.report)
+    if args.report:
+        if not meta_path.exists():
+            raise SystemExit(f"{repo_relative(meta_path)} is missing: run the suite first")
+        meta = json.loads(meta_path.read_text())
+    else:
+        command = "python -m bench.run " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])
+        meta = {"date": dt.date.today().isoformat(), "machine": machine(), "threads": args.threads,
+                "command": command.strip(), "wall_minutes": round((time.time() - start) / 60, 1),
+                "every_run_executed": args.force}
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    text = (describe(meta, args.suite, args.quick, results) + "\n\n" + summary(results) + "\n\n"
+            + table(results, negatives_column=args.suite == "mips"))
+    (BENCH / "results" / f"{name}.md").write_text(text + "\n")
+    if not args.report:
+        (BENCH / "results" / f"{name}.json").write_text(json.dumps(results, indent=2, default=float))
     print(text)
-    print(f"\n(total {wall:.0f}s)")
+    print(f"\n(total {time.time() - start:.0f}s)")
     if args.update_readme:
-        if args.suite != "main":
-            raise SystemExit("--update-readme rewrites the main results table; use it with --suite main")
-        update_block("BENCH", text)
+        update_block(BENCHMARKS_DOC, "BENCH", text)
+        update_block(README, "SUMMARY", f"NGAME (fused scores) against the best of PECOS, Omikuji and napkinXC on "
+                     f"each test set, {meta['date']}, {meta['machine']}; P@1 and PSP@5 in %. Full tables, "
+                     "timings and model sizes: [docs/benchmarks.md](docs/benchmarks.md).\n\n"
+                     + short_summary(results))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Train, predict and evaluate ONE xmine method on ONE dataset, in this process, and write a JSON result.
 
-Run by bench/run.py, one process per run, so that the peak resident memory is this run's alone.
+Run by `python -m bench.run`, one process per run, so that the peak resident memory is this run's alone.
 
-  python bench/run_xmine.py --method ngame --data DIR [--text-variant title] [--set key=value ...] --out R.json
+  python -m bench.run_xmine --method ngame --data DIR [--text-variant title] [--set key=value ...] --out R.json
   methods: knn, ngame, mips, zeroshot (the pretrained transformer, untrained: encoder similarity only)
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xmine.cli import _setup_logging, build_config, train_model
+from xmine.cli import build_config, setup_logging, train_model
 from xmine.config import EncoderConfig, IndexConfig
 from xmine.data import load_dataset
 from xmine.metrics import evaluate, inverse_propensity
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    _setup_logging(True)
+    setup_logging(True)
     logging.getLogger("xmine").setLevel(logging.INFO)
     set_threads(args.threads)
     ds = load_dataset(args.data, text_variant=args.text_variant)
@@ -119,7 +119,8 @@ def main() -> None:
         first_kind = {"scores": kinds[0]} if kinds[0] else {}
         p50, p99 = latency_ms(lambda one: model.predict(one, k=100, **first_kind), Inputs.of(ds.test))
         run = {"train_seconds": train_seconds, "predictions": preds, "predict_seconds": predict_seconds,
-               "latency_ms_p50": p50, "latency_ms_p99": p99, "model_size_mb": dir_size_mb(model_dir)}
+               "latency_ms_p50": p50, "latency_ms_p99": p99, "model_size_mb": dir_size_mb(model_dir),
+               "model_has_checkpoints": (model_dir / "checkpoints").exists()}
         shutil.rmtree(model_dir, ignore_errors=True)
     result.update({k: v for k, v in run.items() if k != "predictions"})
     result["predict_points_per_s"] = ds.test.n_points / max(run["predict_seconds"], 1e-9)

@@ -12,9 +12,9 @@ is that L's alone):
 At 10^7 labels (`--stream`) the label vectors (14.3 GiB as float32) are never held in memory: they are
 generated chunk by chunk into an IVF-PQ index, and the exact reference for recall streams over the chunks.
 
-  python bench/scale.py                   # L = 1e4, 1e5, 1e6 (about 25 minutes on 2 cores)
-  python bench/scale.py --quick           # L = 1e4, 1e5
-  python bench/scale.py --labels 10000000 --stream   # index build + query only, appended to the results
+  python -m bench.scale                   # L = 1e4, 1e5, 1e6 (about 25 minutes on 2 cores)
+  python -m bench.scale --quick           # L = 1e4, 1e5
+  python -m bench.scale --labels 10000000 --stream   # index build + query only, appended to the results
 
 Writes bench/results/scale.json, scale.md and scale.png (log-log).
 """
@@ -33,10 +33,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from readme import update_block
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent))  # run from a clone without installing: xmine is imported from the repo
+from bench.blocks import REPO, SCALING_DOC, update_block
+
+BENCH = REPO / "bench"
 DIM = 384
 TOPICS = 1000
 CHUNK = 100_000
@@ -262,7 +262,8 @@ def main() -> None:
     parser.add_argument("--index-only", action="store_true", help="indexes only, no classifier/MIPS steps")
     parser.add_argument("--stream", action="store_true",
                         help="IVF-PQ over vectors generated chunk by chunk (for 1e7); adds to the saved results")
-    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md's SCALE block")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="write the table into docs/scaling.md's SCALE block")
     parser.add_argument("--report", action="store_true", help="measure nothing: rebuild the table from saved results")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one L in this process
     args = parser.parse_args()
@@ -276,10 +277,10 @@ def main() -> None:
     saved = json.loads((out / "scale.json").read_text())["results"] if (out / "scale.json").exists() else []
     results = [r for r in saved if (r["labels"], r.get("streamed", False)) not in {(n, args.stream) for n in sizes}]
     for n in sizes:
-        cmd = [sys.executable, __file__, "--one", str(n)] + (["--index-only"] if args.index_only else []) + \
+        cmd = [sys.executable, "-m", "bench.scale", "--one", str(n)] + (["--index-only"] if args.index_only else []) + \
             (["--stream"] if args.stream else [])
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if proc.returncode != 0:
             print(f"L={n} failed:\n{proc.stderr[-2000:]}")
             continue
@@ -296,9 +297,9 @@ def main() -> None:
     lines.append("Log-log slopes over L = " + ", ".join(f"{r['labels']:.0e}" for r in results if not r.get("streamed"))
                  + " (cost ~ L^slope): " + ", ".join(f"{k} {v:.2f}" for k, v in laws.items() if v is not None))
     lines.append("")
-    lines.append("![cost vs number of labels](bench/results/scale.png)")
+    lines.append("![cost vs number of labels](../bench/results/scale.png)")
     lines.insert(0, f"Measured {dt.date.today().isoformat()} on {os.cpu_count()} CPU cores "
-                    f"({platform.machine()}), 2 threads, each L in its own process, with `python bench/scale.py` "
+                    f"({platform.machine()}), 2 threads, each L in its own process, with `python -m bench.scale` "
                     "(and `--labels 10000000 --stream` for the last row). Times in ms per query (batch of "
                     f"{N_QUERIES} queries) or per training step (batch 256); `_mib` columns: index size; recall "
                     "against exact search on the same queries; `recall10@100`: share of the exact top 10 found "
@@ -310,7 +311,7 @@ def main() -> None:
         plot(results, out / "scale.png")
     print(text)
     if args.update_readme:
-        update_block("SCALE", text)
+        update_block(SCALING_DOC, "SCALE", text)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Score a peer's prediction matrix with xmine's metrics (run with xmine's python).
 
-    python bench/score_predictions.py --data DIR [--text-variant full|title] --pred PRED.npz
+    python -m bench.score_predictions --data DIR [--text-variant full|title] --pred PRED.npz
 
 Prints one JSON line: P@k, nDCG@k, PSP@k (propensities from the training labels, A=0.55, B=1.5),
 with the test split's filter pairs removed from the predictions.
@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import scipy.sparse as sp
-
-_REPO = Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))  # run from a checkout without `pip install -e`
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,12 +1,12 @@
 """How much NGAME's scores move with the random seed, next to the best peer: is a win a win?
 
-  python bench/seeds.py                                 # HPO, Bibtex, Delicious; seeds 0 1 2
-  python bench/seeds.py --datasets hpo --seeds 0 1 2 3 --update-readme
+  python -m bench.seeds                                 # HPO, Bibtex, Delicious; seeds 0 1 2
+  python -m bench.seeds --datasets hpo --seeds 0 1 2 3 --update-readme
 
-Each (dataset, seed) is one `bench/run_xmine.py` process with siamese.seed and classifier.seed set (seed 0 is
+Each (dataset, seed) is one `bench.run_xmine` process with siamese.seed and classifier.seed set (seed 0 is
 the default configuration: the main suite's NGAME run is reused for it); results go to bench/results/seeds/
 and are reused unless --force. The peers are
-read from the main suite's results (bench/results/main/, run `python bench/run.py` first): they are
+read from the main suite's results (bench/results/main/, run `python -m bench.run` first): they are
 deterministic given their features. Writes bench/results/seeds.{md,json}.
 """
 
@@ -17,8 +17,8 @@ import json
 import statistics
 import sys
 
-from readme import update_block
-from run import BENCH, DATA, DATASETS, LEAD_FILE_SUFFIX, run
+from bench.blocks import BENCHMARKS_DOC, update_block
+from bench.run import BENCH, DATA, DATASETS, LEAD_FILE_SUFFIX, run
 
 
 def best_peer(key: str, metric: str, lead: bool = False) -> tuple[float, str] | None:
@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--force", action="store_true")
-    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md's SEEDS block")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="write the table into docs/benchmarks.md's SEEDS block")
     args = parser.parse_args()
     out_dir = BENCH / "results" / "seeds"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ def main() -> None:
             if seed == 0 and main_run.exists() and not json.loads(main_run.read_text()).get("overrides"):
                 out = main_run  # seed 0 is the default configuration: the main suite's run
             elif args.force or not out.exists():
-                run([sys.executable, str(BENCH / "run_xmine.py"), "--method", "ngame", "--data", str(DATA / folder),
+                run([sys.executable, "-m", "bench.run_xmine", "--method", "ngame", "--data", str(DATA / folder),
                      "--text-variant", variant, "--threads", str(args.threads), "--set", f"siamese.seed={seed}",
                      "--set", f"classifier.seed={seed}", "--out", str(out)], out.with_suffix(".log"))
             if not out.exists():
@@ -80,8 +81,8 @@ def main() -> None:
                       "; ".join(versus) or "no peer result"]
         rows.append(f"| {key} | " + " | ".join(cells) + " |")
     text = "\n".join([
-        f"NGAME (fused), seeds {' '.join(map(str, args.seeds))} (`python bench/run.py` for the peers, then "
-        f"`python bench/seeds.py`); mean ± sample standard deviation.", "",
+        f"NGAME (fused), seeds {' '.join(map(str, args.seeds))} (`python -m bench.run` for the peers, then "
+        f"`python -m bench.seeds`); mean ± sample standard deviation.", "",
         "| dataset | P@1 per seed | P@1 mean ± sd | best peer P@1 | PSP@5 per seed | PSP@5 mean ± sd "
         "| best peer PSP@5 |",
         "|---|---|---|---|---|---|---|", *rows])
@@ -89,7 +90,7 @@ def main() -> None:
     (BENCH / "results" / "seeds.json").write_text(json.dumps(records, indent=2))
     print(text)
     if args.update_readme:
-        update_block("SEEDS", text)
+        update_block(BENCHMARKS_DOC, "SEEDS", text)
 
 
 if __name__ == "__main__":

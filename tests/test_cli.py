@@ -77,3 +77,13 @@ def test_bad_prediction_file_is_a_clear_error(small_hpo, tmp_path, capsys):
     bad.write_text("not a zip")
     code, _, err = run(capsys, "evaluate", "--data", str(small_hpo), "--pred", str(bad))
     assert code == 1 and "not a prediction file" in err
+
+
+def test_data_demo_unpacks_into_xmine_cache_and_prints_the_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XMINE_CACHE", str(tmp_path / "cache"))
+    code, out, _ = run(capsys, "data", "demo")
+    folder = out.strip()
+    assert code == 0 and folder == str(tmp_path / "cache" / "demo" / "hpo-disease-phenotype")
+    assert (tmp_path / "cache" / "demo" / "hpo-disease-phenotype" / "trn_X_Y.txt").exists()
+    code, out, _ = run(capsys, "data", "demo")  # the second call reuses the unpacked folder
+    assert code == 0 and out.strip() == folder

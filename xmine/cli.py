@@ -89,7 +89,8 @@ def build_config(method: str, config_file: str | None, overrides: list[str], fla
     return cls.from_dict(data, where=f"{method} config")
 
 
-def _setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool) -> None:
+    """xmine's log format; INFO with `verbose`; the libraries' own chatter silenced."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("faiss", "faiss.loader", "transformers", "huggingface_hub"):
@@ -126,6 +127,13 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
             print(f"  {key}: {value:.2f}")
         else:
             print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_data_demo(args: argparse.Namespace) -> int:
+    from xmine.demo import demo_dataset_path
+
+    print(demo_dataset_path())
     return 0
 
 
@@ -298,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--text-variant", choices=["full", "title"], default="full")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_data_stats)
+    demo_data = data_sub.add_parser("demo", help="unpack the bundled demo dataset (once) and print its folder",
+                                    description="Unpack the bundled HPO demo dataset into $XMINE_CACHE/demo "
+                                    "(default ~/.cache/xmine/demo) unless it is there, and print its folder.")
+    demo_data.set_defaults(func=cmd_data_demo)
 
     train = sub.add_parser("train", help="train a model", description="Train a model. Configuration: defaults "
                            "< --config FILE (JSON, or a preset name: ngame-paper, mips-paper) < --set < flags. "
@@ -378,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     if args.quiet:
         import os
 
