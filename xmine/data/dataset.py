@@ -35,11 +35,12 @@ class Split:
 
 @dataclass
 class Dataset:
-    """Train and test splits plus the label space of one dataset directory."""
+    """Train and test splits plus the label space of one dataset directory. `test` is None for a
+    dataset with a training split only (no tst_* files): it trains, but cannot be evaluated."""
 
     path: Path
     train: Split
-    test: Split
+    test: Split | None
     n_labels: int
     label_texts: list[str] | None  # text of label i, if the dataset has label texts
     text_variant: str  # "full", "title", or "none" when points have no text
@@ -48,6 +49,17 @@ class Dataset:
     @property
     def name(self) -> str:
         return self.path.name
+
+    def split(self, name: str) -> Split:
+        """The "train" or "test" split; a clear error when the dataset has no test split."""
+        if name == "train":
+            return self.train
+        if name != "test":
+            raise ValueError(f"split must be 'train' or 'test', got {name!r}")
+        if self.test is None:
+            raise DataFormatError(self.path, "has no test split (no tst_* files): it can be trained on, but "
+                                  "predicting or evaluating a test split needs one")
+        return self.test
 
 
 # --------------------------------------------------------------------------- helpers
@@ -101,9 +113,16 @@ def _load_label_texts(path: Path | None, n_labels: int, labels_path: Path) -> li
     return texts
 
 
-def _load_features(d: Path, trn_rows: int, tst_rows: int, trn_y: Path, tst_y: Path):
-    """trn_X_Xf.txt / tst_X_Xf.txt if present (both or neither), checked against the label rows."""
+def _load_features(d: Path, trn_rows: int, tst_rows: int | None, trn_y: Path, tst_y: Path):
+    """trn_X_Xf.txt / tst_X_Xf.txt if present (both or neither), checked against the label rows;
+    `tst_rows` None: a training split only."""
     trn_f, tst_f = d / "trn_X_Xf.txt", d / "tst_X_Xf.txt"
+    if tst_rows is None:
+        if not trn_f.is_file():
+            return None, None
+        Xtr = read_sparse_matrix(trn_f)
+        _check_rows(trn_f, Xtr.shape[0], trn_y, trn_rows, "rows", header=True)
+        return Xtr, None
     if not trn_f.is_file() and not tst_f.is_file():
         return None, None
     missing = tst_f if trn_f.is_file() else trn_f
@@ -120,12 +139,17 @@ def _load_features(d: Path, trn_rows: int, tst_rows: int, trn_y: Path, tst_y: Pa
     return Xtr, Xte
 
 
-def _load_filters(d: Path, trn_rows: int, tst_rows: int, n_labels: int):
+def _load_filters(d: Path, trn_rows: int, tst_rows: int | None, n_labels: int):
     out = []
     for name, rows in (("filter_labels_train.txt", trn_rows), ("filter_labels_test.txt", tst_rows)):
         p = d / name
-        out.append(read_filter_pairs(p, rows, n_labels) if p.is_file() else None)
+        out.append(read_filter_pairs(p, rows, n_labels) if p.is_file() and rows is not None else None)
     return out
+
+
+def _test_split(labels: sp.csr_matrix | None, texts: list[str] | None, features: sp.csr_matrix | None,
+                filters: np.ndarray | None) -> Split | None:
+    return None if labels is None else Split(labels, texts, features, filters)
 
 
 def _json_file(d: Path, stem: str) -> Path | None:
@@ -135,18 +159,21 @@ def _json_file(d: Path, stem: str) -> Path | None:
 # --------------------------------------------------------------------------- layouts
 
 
-def _load_text_xy(d: Path, text_variant: str, label_text_variant: str) -> Dataset:
+def _load_text_xy(d: Path, text_variant: str, label_text_variant: str, with_test: bool = True) -> Dataset:
     trn_y, tst_y = d / "trn_X_Y.txt", d / "tst_X_Y.txt"
     Ytr = read_sparse_matrix(trn_y)
-    Yte = read_sparse_matrix(tst_y)
-    _check_label_count(trn_y, Ytr.shape[1], tst_y, Yte.shape[1])
+    Yte = read_sparse_matrix(tst_y) if with_test else None
+    if Yte is not None:
+        _check_label_count(trn_y, Ytr.shape[1], tst_y, Yte.shape[1])
     L = Ytr.shape[1]
     suffix = "_title" if text_variant == "title" else ""
     why = f"text_variant={text_variant!r}"
     trn_t = _require(d, f"trn_X{suffix}.txt", why)
-    tst_t = _require(d, f"tst_X{suffix}.txt", why)
     Ttr = _load_texts(trn_t, trn_y, Ytr.shape[0])
-    Tte = _load_texts(tst_t, tst_y, Yte.shape[0])
+    Tte = None
+    if Yte is not None:
+        Tte = _load_texts(_require(d, f"tst_X{suffix}.txt", why), tst_y, Yte.shape[0])
+    n_test = None if Yte is None else Yte.shape[0]
 
     names = ("Y_def.txt", "Y.txt", "lbl_X.txt") if label_text_variant == "def" else ("Y.txt", "lbl_X.txt")
     lbl_path = _first_existing(d, names)
@@ -155,12 +182,12 @@ def _load_text_xy(d: Path, text_variant: str, label_text_variant: str) -> Datase
     else:
         label_texts = _label_texts_from_json(d, L, trn_y, label_text_variant)
 
-    Xtr, Xte = _load_features(d, Ytr.shape[0], Yte.shape[0], trn_y, tst_y)
-    Ftr, Fte = _load_filters(d, Ytr.shape[0], Yte.shape[0], L)
+    Xtr, Xte = _load_features(d, Ytr.shape[0], n_test, trn_y, tst_y)
+    Ftr, Fte = _load_filters(d, Ytr.shape[0], n_test, L)
     return Dataset(
         path=d,
         train=Split(Ytr, Ttr, Xtr, Ftr),
-        test=Split(Yte, Tte, Xte, Fte),
+        test=_test_split(Yte, Tte, Xte, Fte),
         n_labels=L,
         label_texts=label_texts,
         text_variant=text_variant,
@@ -169,33 +196,39 @@ def _load_text_xy(d: Path, text_variant: str, label_text_variant: str) -> Datase
 
 
 def _load_sparse_xy(d: Path) -> Dataset:
-    trn_y = d / "trn_X_Y.txt"
-    tst_y = _require(d, "tst_X_Y.txt", "trn_X_Y.txt is present")
-    _require(d, "tst_X_Xf.txt", "trn_X_Xf.txt is present")
+    trn_y, tst_y = d / "trn_X_Y.txt", d / "tst_X_Y.txt"
+    with_test = tst_y.is_file() or (d / "tst_X_Xf.txt").is_file()  # neither: a training split only
+    if with_test:
+        _require(d, "tst_X_Y.txt", "tst_X_Xf.txt is present")
+        _require(d, "tst_X_Xf.txt", "tst_X_Y.txt is present")
     Ytr = read_sparse_matrix(trn_y)
-    Yte = read_sparse_matrix(tst_y)
-    _check_label_count(trn_y, Ytr.shape[1], tst_y, Yte.shape[1])
+    Yte = read_sparse_matrix(tst_y) if with_test else None
+    if Yte is not None:
+        _check_label_count(trn_y, Ytr.shape[1], tst_y, Yte.shape[1])
     L = Ytr.shape[1]
-    Xtr, Xte = _load_features(d, Ytr.shape[0], Yte.shape[0], trn_y, tst_y)
+    n_test = None if Yte is None else Yte.shape[0]
+    Xtr, Xte = _load_features(d, Ytr.shape[0], n_test, trn_y, tst_y)
     label_texts = _load_label_texts(_first_existing(d, ("Y.txt", "lbl_X.txt")), L, trn_y)
-    Ftr, Fte = _load_filters(d, Ytr.shape[0], Yte.shape[0], L)
+    Ftr, Fte = _load_filters(d, Ytr.shape[0], n_test, L)
     return Dataset(
-        d, Split(Ytr, None, Xtr, Ftr), Split(Yte, None, Xte, Fte), L, label_texts, "none", "sparse-XY"
+        d, Split(Ytr, None, Xtr, Ftr), _test_split(Yte, None, Xte, Fte), L, label_texts, "none", "sparse-XY"
     )
 
 
 def _load_single_file(d: Path) -> Dataset:
     trn, tst = d / "trn_data.txt", d / "tst_data.txt"
     Xtr, Ytr = read_single_file(trn)
-    Xte, Yte = read_single_file(tst)
-    _check_label_count(trn, Ytr.shape[1], tst, Yte.shape[1])
-    if Xtr.shape[1] != Xte.shape[1]:
-        raise DataFormatError(tst, f"has {Xte.shape[1]} features but {trn.name} has {Xtr.shape[1]}", 1)
+    Xte = Yte = None
+    if tst.is_file():
+        Xte, Yte = read_single_file(tst)
+        _check_label_count(trn, Ytr.shape[1], tst, Yte.shape[1])
+        if Xtr.shape[1] != Xte.shape[1]:
+            raise DataFormatError(tst, f"has {Xte.shape[1]} features but {trn.name} has {Xtr.shape[1]}", 1)
     L = Ytr.shape[1]
     label_texts = _load_label_texts(_first_existing(d, ("Y.txt", "lbl_X.txt")), L, trn)
-    Ftr, Fte = _load_filters(d, Ytr.shape[0], Yte.shape[0], L)
+    Ftr, Fte = _load_filters(d, Ytr.shape[0], None if Yte is None else Yte.shape[0], L)
     return Dataset(
-        d, Split(Ytr, None, Xtr, Ftr), Split(Yte, None, Xte, Fte), L, label_texts, "none", "single-file"
+        d, Split(Ytr, None, Xtr, Ftr), _test_split(Yte, None, Xte, Fte), L, label_texts, "none", "single-file"
     )
 
 
@@ -219,29 +252,33 @@ def _label_texts_from_json(d: Path, n_labels: int, ref: Path, variant: str) -> l
     return _join_text(titles, contents, "full" if variant == "def" else "title")
 
 
-def _load_jsonl(d: Path, trn: Path, tst: Path, text_variant: str, label_text_variant: str) -> Dataset:
+def _load_jsonl(d: Path, trn: Path, tst: Path | None, text_variant: str, label_text_variant: str) -> Dataset:
     lbl = _json_file(d, "lbl")
     n_labels = None
     if lbl is not None:
         lbl_titles, lbl_contents, _, _ = read_jsonl(lbl, require_targets=False)
         n_labels = len(lbl_titles)
     trn_titles, trn_contents, Ytr, _ = read_jsonl(trn, n_labels=n_labels)
-    tst_titles, tst_contents, Yte, _ = read_jsonl(tst, n_labels=n_labels)
-    assert Ytr is not None and Yte is not None  # require_targets=True
+    Yte = tst_texts = None
+    if tst is not None:
+        tst_titles, tst_contents, Yte, _ = read_jsonl(tst, n_labels=n_labels)
+        tst_texts = _join_text(tst_titles, tst_contents, text_variant)
+    assert Ytr is not None  # require_targets=True
     if n_labels is None:
         # Without lbl.json the label space is what the splits use; widen the narrower matrix.
-        n_labels = max(Ytr.shape[1], Yte.shape[1])
+        n_labels = max(Ytr.shape[1], Yte.shape[1] if Yte is not None else 0)
         Ytr.resize((Ytr.shape[0], n_labels))
-        Yte.resize((Yte.shape[0], n_labels))
+        if Yte is not None:
+            Yte.resize((Yte.shape[0], n_labels))
         label_texts = None
     else:
         variant = "full" if label_text_variant == "def" else "title"
         label_texts = _join_text(lbl_titles, lbl_contents, variant)
-    Ftr, Fte = _load_filters(d, Ytr.shape[0], Yte.shape[0], n_labels)
+    Ftr, Fte = _load_filters(d, Ytr.shape[0], None if Yte is None else Yte.shape[0], n_labels)
     return Dataset(
         path=d,
         train=Split(Ytr, _join_text(trn_titles, trn_contents, text_variant), None, Ftr),
-        test=Split(Yte, _join_text(tst_titles, tst_contents, text_variant), None, Fte),
+        test=_test_split(Yte, tst_texts, None, Fte),
         n_labels=n_labels,
         label_texts=label_texts,
         text_variant=text_variant,
@@ -262,6 +299,9 @@ def load_dataset(
     3. ``trn_data.txt`` + ``tst_data.txt`` (single-file);
     4. ``trn.json[.gz]`` + ``tst.json[.gz]`` (+ ``lbl.json[.gz]``) (LF JSON lines).
 
+    Each layout may come without its test files (tst_*): the dataset then has ``test=None`` and can be
+    trained on but not evaluated.
+
     ``text_variant="title"`` picks ``*_X_title.txt`` / JSON titles only; ``label_text_variant="def"``
     picks ``Y_def.txt`` (or JSON title + content) when available. ``filter_labels_{train,test}.txt``
     become the splits' ``filter_pairs``."""
@@ -278,19 +318,29 @@ def load_dataset(
     def has(*names: str) -> bool:
         return all((d / n).is_file() for n in names)
 
+    def absent(*names: str) -> bool:
+        return not any((d / n).exists() for n in names)
+
     if has("trn_X.txt", "tst_X.txt", "trn_X_Y.txt", "tst_X_Y.txt"):
         return _load_text_xy(d, text_variant, label_text_variant)
+    if has("trn_X.txt", "trn_X_Y.txt"):
+        if absent("tst_X.txt", "tst_X_Y.txt", "tst_X_Xf.txt"):
+            return _load_text_xy(d, text_variant, label_text_variant, with_test=False)
+        if not has("trn_X_Xf.txt"):  # half a test split: name the missing file
+            missing = "tst_X_Y.txt" if has("tst_X.txt") else "tst_X.txt"
+            raise DataFormatError(d / missing, "file not found (the test split's other file is present; remove "
+                                  "both tst_* files to train without a test split)")
     if has("trn_X_Xf.txt", "trn_X_Y.txt"):
         return _load_sparse_xy(d)
-    if has("trn_data.txt", "tst_data.txt"):
+    if has("trn_data.txt"):
         return _load_single_file(d)
     trn_json, tst_json = _json_file(d, "trn"), _json_file(d, "tst")
-    if trn_json is not None and tst_json is not None:
+    if trn_json is not None:
         return _load_jsonl(d, trn_json, tst_json, text_variant, label_text_variant)
     raise DataFormatError(
         d,
-        "no known dataset layout; looked for trn_X.txt + tst_X.txt + trn_X_Y.txt + tst_X_Y.txt, "
-        "or trn_X_Xf.txt + trn_X_Y.txt, or trn_data.txt + tst_data.txt, or trn.json[.gz] + tst.json[.gz]",
+        "no known dataset layout; looked for trn_X.txt + trn_X_Y.txt (+ tst_X.txt + tst_X_Y.txt), "
+        "or trn_X_Xf.txt + trn_X_Y.txt, or trn_data.txt, or trn.json[.gz] (each with optional test files)",
     )
 
 
@@ -313,7 +363,8 @@ def _words(texts: list[str]) -> np.ndarray:
 def dataset_stats(ds: Dataset) -> dict:
     """Summary statistics of a dataset (counts, label frequencies, quantiles) as a JSON-able dict."""
     L = ds.n_labels
-    Ytr, Yte = ds.train.labels, ds.test.labels
+    Ytr = ds.train.labels
+    Yte = ds.test.labels if ds.test is not None else sp.csr_matrix((0, L), dtype=np.float32)
     train_freq = np.diff(Ytr.tocsc().indptr) if L else np.zeros(0, np.int64)
     test_freq = np.diff(Yte.tocsc().indptr) if L else np.zeros(0, np.int64)
     train_lpp = np.diff(Ytr.indptr)
@@ -323,7 +374,7 @@ def dataset_stats(ds: Dataset) -> dict:
         "layout": ds.layout,
         "text_variant": ds.text_variant,
         "n_train": ds.train.n_points,
-        "n_test": ds.test.n_points,
+        "n_test": ds.test.n_points if ds.test is not None else 0,
         "n_labels": L,
     }
     if ds.train.features is not None:
@@ -346,11 +397,11 @@ def dataset_stats(ds: Dataset) -> dict:
     )
     if ds.train.texts is not None:
         stats["train_words_per_text_quantiles"] = _quantiles(_words(ds.train.texts))
-    if ds.test.texts is not None:
+    if ds.test is not None and ds.test.texts is not None:
         stats["test_words_per_text_quantiles"] = _quantiles(_words(ds.test.texts))
     if ds.label_texts is not None:
         stats["label_words_per_text_quantiles"] = _quantiles(_words(ds.label_texts))
     for split_name, split in (("train", ds.train), ("test", ds.test)):
-        if split.filter_pairs is not None:
+        if split is not None and split.filter_pairs is not None:
             stats[f"{split_name}_filter_pairs"] = int(split.filter_pairs.shape[0])
     return stats

@@ -55,7 +55,9 @@ class TfidfKNN(XMCModel):
         lead = f", lead channel of {featurizer.lead_words} words" if featurizer.lead_words else ""
         log.info("knn: %d training points, %d TF-IDF features (%s%s), fitted in %.1fs", features.shape[0],
                  featurizer.n_features, featurizer.source, lead, time.perf_counter() - start)
-        return cls(config, featurizer, features, labels)
+        model = cls(config, featurizer, features, labels)
+        model.label_texts = dataset.label_texts
+        return model
 
     def neighbours(self, features: sp.csr_matrix, k: int, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """The k most similar training points of each row: (similarities, training indices)."""
@@ -94,10 +96,15 @@ class TfidfKNN(XMCModel):
         bar.close()
         return stack_rows(out, self.n_labels)
 
+    def score_scale(self) -> str:
+        return (f"sum over the {self.config.neighbours} nearest training texts of similarity**{self.config.power:g} "
+                "for each label they carry, in [0, neighbours]")
+
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.featurizer.save(directory / "tfidf")
         atomic_write(directory / "train.npz", lambda tmp: _save_npz(tmp, self.train_features, self.train_labels))
+        self.save_label_texts(directory)
         write_model_config(directory, self.method, self.config.to_dict(), self.n_labels)
 
     @classmethod
@@ -110,7 +117,9 @@ class TfidfKNN(XMCModel):
             raise ModelError(f"{directory}: train.npz missing") from exc
         features = sp.csr_matrix((data["x_data"], data["x_indices"], data["x_indptr"]), shape=tuple(data["x_shape"]))
         labels = sp.csr_matrix((data["y_data"], data["y_indices"], data["y_indptr"]), shape=tuple(data["y_shape"]))
-        return cls(KNNConfig.from_dict(meta["config"]), TfidfFeaturizer.load(directory / "tfidf"), features, labels)
+        model = cls(KNNConfig.from_dict(meta["config"]), TfidfFeaturizer.load(directory / "tfidf"), features, labels)
+        model.load_label_texts(directory)
+        return model
 
 
 def _save_npz(path: str, features: sp.csr_matrix, labels: sp.csr_matrix) -> None:

@@ -63,6 +63,8 @@ class MIPSClassifier(XMCModel):
         point_inputs = encoder.prepare(split.texts)
         uses_sparse = config.classifier.features != "dense"
         knn = TfidfKNN.train(dataset, KNNConfig(tfidf=config.tfidf)) if uses_sparse else None
+        if knn is not None:
+            knn.label_texts = None  # stored once, at the model's top level
         classifiers = LabelClassifiers(dataset.n_labels, encoder.dim, config.classifier.features,
                                        config.classifier.hash_buckets,
                                        config.classifier.max_sparse_features)
@@ -110,7 +112,9 @@ class MIPSClassifier(XMCModel):
         history = {"epochs": hist.to_list(), "train_seconds": time.perf_counter() - start,
                    "reindex_seconds": sampler.rebuild_seconds, "reindex_count": sampler.rebuilds,
                    "rebuild_steps": rebuild_steps}
-        return cls(config, encoder, classifiers, index, knn, history)
+        model = cls(config, encoder, classifiers, index, knn, history)
+        model.label_texts = dataset.label_texts
+        return model
 
     @torch.no_grad()
     def predict(self, inputs: Any, k: int = 100, batch_size: int = 512, progress: bool = False) -> sp.csr_matrix:
@@ -141,6 +145,9 @@ class MIPSClassifier(XMCModel):
             out.append(csr_row_topk(csr_from_topk(scores, cand, self.n_labels), k))
         return stack_rows(out, self.n_labels)
 
+    def score_scale(self) -> str:
+        return "per-label classifier logit, unbounded (sigmoid gives a probability-like score)"
+
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.encoder.save(directory / "encoder")
@@ -150,6 +157,7 @@ class MIPSClassifier(XMCModel):
         if self.knn is not None:
             self.knn.save(directory / "tfidf")
         atomic_write_text(directory / "history.json", json.dumps(self.history, indent=2, default=float))
+        self.save_label_texts(directory)
         write_model_config(directory, self.method, self.config.to_dict(), self.n_labels)
 
     @classmethod
@@ -163,4 +171,6 @@ class MIPSClassifier(XMCModel):
             else None
         knn = TfidfKNN.load(directory / "tfidf") if (directory / "tfidf").exists() else None
         history = json.loads((directory / "history.json").read_text()) if (directory / "history.json").exists() else {}
-        return cls(config, encoder, classifiers, index, knn, history)
+        model = cls(config, encoder, classifiers, index, knn, history)
+        model.load_label_texts(directory)
+        return model

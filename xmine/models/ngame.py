@@ -46,6 +46,19 @@ log = logging.getLogger(__name__)
 
 ScoreKind = Literal["fused", "encoder", "classifier", "ranker"]
 
+# what a fused score means, per fusion mode (the mode chosen at training is in fusion/fusion.json)
+FUSED_SCORE_SCALES = {
+    "lr+tree": "sum of two relevance probabilities (logistic regression + decision tree), in [0, 2]; "
+               "half of it is a probability-like score",
+    "lr": "relevance probability of a logistic regression on the score sources, in [0, 1]",
+    "tree": "relevance probability of a decision-tree leaf, in [0, 1]",
+    "fixed": "weight * sigmoid(classifier logit) + (1 - weight) * cosine similarity, in [-1, 1]",
+    "classifier": "per-label classifier logit, unbounded (sigmoid gives a probability-like score)",
+    "ranker": "sparse ranker logit, unbounded (sigmoid gives a probability-like score)",
+    "encoder": "cosine similarity of text and label embeddings, in [-1, 1]",
+    "knn": "TF-IDF neighbour votes relative to the text's best-voted label, in [0, 1]",
+}
+
 
 class ShortlistScorer:
     """Shortlist + exact scoring, shared by NGAME's prediction and its held-out fusion fitting."""
@@ -198,6 +211,7 @@ class NGAME(XMCModel):
         label_index = LabelIndex.build(label_embeddings, config.index)
         timings["label_index_seconds"] = time.perf_counter() - t0
         model = cls(config, encoder, label_embeddings, label_index, history=history)
+        model.label_texts = list(dataset.label_texts)
         if 2 in config.stages:
             if 1 not in config.stages and not _same_unseen_points(init_from, config):
                 unseen = np.empty(0, dtype=np.int64)
@@ -217,6 +231,7 @@ class NGAME(XMCModel):
         fit_rows = np.setdiff1d(np.arange(n), holdout)
         uses_sparse = cfg.classifier.features != "dense"
         self.knn = TfidfKNN.train(dataset, KNNConfig(tfidf=cfg.tfidf))
+        self.knn.label_texts = None  # stored once, at the model's top level
         sparse_x = self.knn.train_features if uses_sparse else None
         # the shortlist's neighbour source only sees the classifier-training rows
         emb = self.encoder.encode(point_inputs, progress=progress, desc="encode points")
@@ -363,6 +378,10 @@ class NGAME(XMCModel):
             out.append(csr_row_topk(csr_from_topk(final, cand, self.n_labels), k))
         return stack_rows(out, self.n_labels)
 
+    def score_scale(self) -> str:
+        mode = "encoder" if self.fusion is None else self.fusion.mode
+        return FUSED_SCORE_SCALES.get(mode, "higher is better")
+
     # ------------------------------------------------------------------ storage
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -380,6 +399,7 @@ class NGAME(XMCModel):
         if self.fusion is not None:
             self.fusion.save(directory / "fusion")
         atomic_write_text(directory / "history.json", json.dumps(self.history, indent=2, default=float))
+        self.save_label_texts(directory)
         write_model_config(directory, self.method, self.config.to_dict(), self.n_labels,
                            extra={"stages_trained": [1] + ([2] if self.classifiers is not None else [])})
 
@@ -404,5 +424,7 @@ class NGAME(XMCModel):
             fusion = ScoreFusion.load(directory / "fusion")
         ranker = SparseRanker.load(directory / "ranker") if (directory / "ranker").exists() else None
         history = json.loads((directory / "history.json").read_text()) if (directory / "history.json").exists() else {}
-        return cls(config, encoder, label_embeddings, label_index, knn, classifiers, classifier_index, fusion, history,
-                   ranker)
+        model = cls(config, encoder, label_embeddings, label_index, knn, classifiers, classifier_index, fusion,
+                    history, ranker)
+        model.load_label_texts(directory)
+        return model
