@@ -3,6 +3,8 @@
   xmine data stats DIR
   xmine train --data DIR --out MODEL_DIR [--method ngame|mips|knn] [--config FILE] [options]
   xmine predict --model MODEL_DIR --data DIR [--split test] --out PRED.npz [-k K] [--scores ...]
+  xmine predict --model MODEL_DIR --input FILE|- [-k K] [--format jsonl|tsv] [--out FILE]
+  xmine serve --model MODEL_DIR [--host 127.0.0.1] [--port 8000]   (HTTP API, see docs/serving.md)
   xmine evaluate --data DIR --pred PRED.npz [--json]
   xmine demo          (train, predict and evaluate on the bundled HPO dataset)
 
@@ -214,14 +216,98 @@ def load_predictions(path: str | Path) -> sp.csr_matrix:
         raise XmineError(f"{path}: not a prediction file written by `xmine predict` ({exc})") from exc
 
 
+def read_input_texts(source: str) -> list[str]:
+    """One text per line from a file, or from stdin when `source` is "-" (strict UTF-8)."""
+    from xmine.data.text import decode_utf8, split_lines
+
+    name = "<stdin>" if source == "-" else source
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    except FileNotFoundError as exc:
+        raise XmineError(f"input file not found: {source}") from exc
+    except IsADirectoryError as exc:
+        raise XmineError(f"{source}: is a directory, expected a file with one text per line") from exc
+    return split_lines(decode_utf8(name, data))
+
+
+def _one_field(text: str | None) -> str:
+    # a tab or newline inside a label text would shift the TSV columns
+    return "" if text is None else text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def format_predictions(texts: list[str], ranked: list[list[Any]], fmt: str, first_line: int) -> str:
+    """JSON lines ({"text", "labels": [{"id", "label", "score"}]}) or TSV rows (line, rank, id, label, score)."""
+    if fmt == "jsonl":
+        return "".join(json.dumps({"text": text, "labels": [{"id": i, "label": name, "score": score}
+                                                           for i, name, score in labels]}, ensure_ascii=False) + "\n"
+                       for text, labels in zip(texts, ranked, strict=True))
+    return "".join(f"{first_line + n}\t{rank}\t{i}\t{_one_field(name)}\t{score:.6g}\n"
+                   for n, labels in enumerate(ranked) for rank, (i, name, score) in enumerate(labels, 1))
+
+
+def predict_texts(args: argparse.Namespace) -> int:
+    """`xmine predict --input`: free texts in, named labels out (stdout or --out)."""
+    from tqdm.auto import tqdm
+
+    from xmine.models import NGAME, load_model
+    from xmine.utils import atomic_write
+
+    if args.split != "test" or args.text_variant:
+        raise XmineError("--split and --text-variant apply to --data, not --input")
+    model = load_model(args.model)
+    options = {"scores": args.scores} if isinstance(model, NGAME) else {}
+    if args.scores != "fused" and not options:
+        raise XmineError("--scores applies to NGAME models")
+    args.format = args.format or "jsonl"
+    texts = read_input_texts(args.input)
+    chunk = 1024  # bounded memory per model call; output streams out chunk by chunk
+
+    def write_all(out: Any) -> None:
+        if args.format == "tsv":
+            out.write("line\trank\tid\tlabel\tscore\n")
+        bar = tqdm(total=len(texts), desc="predict", unit="text", disable=args.quiet or args.out is None)
+        for start in range(0, len(texts), chunk):
+            part = texts[start:start + chunk]
+            out.write(format_predictions(part, model.predict_labels(part, k=args.k, **options), args.format,
+                                         start + 1))
+            bar.update(len(part))
+        bar.close()
+
+    if args.out is None:
+        write_all(sys.stdout)
+        sys.stdout.flush()
+        return 0
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            write_all(fh)
+
+    atomic_write(args.out, write)
+    print(f"predicted top-{args.k} labels for {len(texts)} texts -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from xmine.data import load_dataset
     from xmine.models import NGAME, load_model
 
+    if (args.data is None) == (args.input is None):
+        raise XmineError("xmine predict needs either --data DIR (a dataset split -> .npz) or --input FILE|- "
+                         "(one text per line -> named labels)")
+    if args.k is None:
+        args.k = 10 if args.input is not None else 100
+    if args.k < 1:
+        raise XmineError(f"-k must be >= 1, got {args.k}")
+    if args.input is not None:
+        return predict_texts(args)
+    if args.out is None:
+        raise XmineError("xmine predict --data needs --out PRED.npz")
+    if args.format is not None:
+        raise XmineError("--format applies to --input")
     model = load_model(args.model)
     variant = args.text_variant or _model_text_variant(args.model)
     dataset = load_dataset(args.data, text_variant=variant)
-    split = dataset.test if args.split == "test" else dataset.train
+    split = dataset.split(args.split)
     if dataset.n_labels != model.n_labels:
         raise XmineError(f"the model has {model.n_labels} labels, the dataset {dataset.n_labels}")
     start = time.perf_counter()
@@ -241,7 +327,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def evaluate_split(pred: sp.csr_matrix, dataset: Any, split_name: str, preset: str = "default") -> dict[str, float]:
     from xmine.metrics import PROPENSITY_PRESETS, evaluate, inverse_propensity
 
-    split = dataset.test if split_name == "test" else dataset.train
+    split = dataset.split(split_name)
     if pred.shape != split.labels.shape:
         raise XmineError(f"predictions have shape {pred.shape}, the {split_name} split has {split.labels.shape}")
     a, b = PROPENSITY_PRESETS[preset]
@@ -259,8 +345,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        filtered = " (filter_labels applied)" if (dataset.test if args.split == "test" else dataset.train
-                                                  ).filter_pairs is not None else ""
+        filtered = " (filter_labels applied)" if dataset.split(args.split).filter_pairs is not None else ""
         print(f"{dataset.name} {args.split}: {pred.shape[0]} points{filtered}")
         print(format_metrics(metrics))
     return 0
@@ -290,18 +375,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVE_FLAGS = ("host", "port", "max_batch_texts", "max_wait_ms", "max_texts_per_request", "max_chars_per_text",
+               "max_body_bytes", "max_concurrent_requests", "default_k", "graceful_timeout_s", "access_log")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from xmine.serve import ServeConfig, serve
+
+    config = ServeConfig.load(args.config) if args.config else ServeConfig()
+    changes = {name: getattr(args, name) for name in SERVE_FLAGS if getattr(args, name) is not None}
+    return serve(args.model, config.replace(**changes))
+
+
+def add_serve_parser(sub: Any) -> None:
+    srv = sub.add_parser("serve", allow_abbrev=False, help="serve a model over HTTP (FastAPI + uvicorn)",
+                         description="Serve a trained model: POST /predict {\"inputs\": [...], \"k\": 10}, "
+                         "GET /health, /info, /metrics (Prometheus), /docs. Concurrent requests are batched into "
+                         "one model call. SIGTERM drains in-flight requests and exits 0. Settings: defaults < "
+                         "--config FILE (JSON) < flags. See docs/serving.md.")
+    srv.add_argument("--model", required=True, help="model directory")
+    srv.add_argument("--config", help="JSON file of server settings (the flags below, snake_case)")
+    srv.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
+    srv.add_argument("--max-batch-texts", type=int, help="texts per merged model call (default 64)")
+    srv.add_argument("--max-wait-ms", type=float, help="how long a batch waits for more requests (default 2)")
+    srv.add_argument("--max-texts-per-request", type=int, help="default 256; more: 413")
+    srv.add_argument("--max-chars-per-text", type=int, help="longer texts are truncated (default 5000)")
+    srv.add_argument("--max-body-bytes", type=int, help="default 2 MiB; larger bodies: 413")
+    srv.add_argument("--max-concurrent-requests", type=int,
+                     help="/predict requests in progress at once (default 256); beyond: 429 at once")
+    srv.add_argument("--default-k", type=int, help="k when a request gives none (default 10)")
+    srv.add_argument("--graceful-timeout-s", type=float, help="SIGTERM: time allowed to finish requests (default 30)")
+    srv.add_argument("--access-log", action="store_true", default=None, help="log every request")
+    srv.set_defaults(func=cmd_serve)
+
+
 # ------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False everywhere: a prefix such as --text must never be taken for --text-variant
     parser = argparse.ArgumentParser(prog="xmine", description="Extreme multi-label classification: NGAME, "
-                                     "MIPS negative sampling and baselines.")
+                                     "MIPS negative sampling and baselines.", allow_abbrev=False)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress lines (per epoch etc.)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command")
 
-    data = sub.add_parser("data", help="dataset tools")
+    data = sub.add_parser("data", allow_abbrev=False, help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    stats = data_sub.add_parser("stats", help="print a dataset's statistics")
+    stats = data_sub.add_parser("stats", allow_abbrev=False, help="print a dataset's statistics")
     stats.add_argument("dir")
     stats.add_argument("--text-variant", choices=["full", "title"], default="full")
     stats.add_argument("--json", action="store_true")
@@ -311,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(default ~/.cache/xmine/demo) unless it is there, and print its folder.")
     demo_data.set_defaults(func=cmd_data_demo)
 
-    train = sub.add_parser("train", help="train a model", description="Train a model. Configuration: defaults "
+    train = sub.add_parser("train", allow_abbrev=False, help="train a model",
+                           description="Train a model. Configuration: defaults "
                            "< --config FILE (JSON, or a preset name: ngame-paper, mips-paper) < --set < flags. "
                            "Data-parallel (ngame, mips): torchrun --nproc-per-node N -m xmine train ... "
                            "(gloo on CPUs, NCCL on GPUs; siamese.batch_size is then the global batch).")
@@ -350,18 +472,26 @@ def build_parser() -> argparse.ArgumentParser:
                             "(auto: when the median training text is longer than twice that)")
     train.set_defaults(func=cmd_train)
 
-    predict = sub.add_parser("predict", help="predict top-k labels for a dataset split")
+    predict = sub.add_parser("predict", allow_abbrev=False,
+                             help="predict top-k labels for free texts or a dataset split",
+                             description="Either --input FILE|- (one text per line; '-' reads stdin) -> one JSON "
+                             "line {text, labels: [{id, label, score}]} or TSV rows (line, rank, id, label, score) "
+                             "per text, to stdout or --out; or --data DIR -> a CSR score matrix (.npz) for "
+                             "`xmine evaluate`.")
     predict.add_argument("--model", required=True)
-    predict.add_argument("--data", required=True)
+    predict.add_argument("--input", help="text file, one text per line; '-' for stdin")
+    predict.add_argument("--format", choices=["jsonl", "tsv"], help="--input output format (default jsonl)")
+    predict.add_argument("--data", help="dataset directory (predicts its --split)")
     predict.add_argument("--split", choices=["test", "train"], default="test")
-    predict.add_argument("--out", required=True, help="predictions file (.npz, a CSR score matrix)")
-    predict.add_argument("-k", type=int, default=100)
+    predict.add_argument("--out", help="--data: predictions file (.npz, a CSR score matrix), required; "
+                         "--input: output file (default stdout)")
+    predict.add_argument("-k", type=int, help="labels per text (default 10 with --input, 100 with --data)")
     predict.add_argument("--scores", choices=["fused", "encoder", "classifier", "ranker"], default="fused",
                          help="NGAME: which scores to return")
     predict.add_argument("--text-variant", choices=["full", "title"], help="default: the one the model trained on")
     predict.set_defaults(func=cmd_predict)
 
-    ev = sub.add_parser("evaluate", help="P@k, nDCG@k, PSP@k, R@k of a predictions file")
+    ev = sub.add_parser("evaluate", allow_abbrev=False, help="P@k, nDCG@k, PSP@k, R@k of a predictions file")
     ev.add_argument("--data", required=True)
     ev.add_argument("--pred", required=True)
     ev.add_argument("--split", choices=["test", "train"], default="test")
@@ -370,12 +500,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_evaluate)
 
-    demo = sub.add_parser("demo", help="train, predict and evaluate on the bundled HPO dataset")
+    demo = sub.add_parser("demo", allow_abbrev=False, help="train, predict and evaluate on the bundled HPO dataset")
     demo.add_argument("--out", default="xmine-demo-model")
     demo.add_argument("--method", choices=["ngame", "mips", "knn"], default="ngame")
     demo.add_argument("--config", help="JSON config file or preset name")
     demo.add_argument("--set", action="append", metavar="KEY=VALUE")
     demo.set_defaults(func=cmd_demo)
+
+    add_serve_parser(sub)
     return parser
 
 
