@@ -22,7 +22,7 @@ import pytest
 
 from xmine.cli import main
 from xmine.config import KNNConfig
-from xmine.data import load_dataset
+from xmine.data import Dataset, Split, load_dataset
 from xmine.errors import XmineError
 from xmine.models import TfidfKNN, load_model
 
@@ -139,11 +139,14 @@ def test_every_method_stores_its_label_texts(ds, tiny_model_dir, tmp_path, metho
     from xmine.models import NGAME, MIPSClassifier
 
     encoder = EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=32, num_threads=2)
+    # 300 training points, one epoch: only the label texts' way into the model directory is under test
+    small = Dataset(ds.path, Split(ds.train.labels[:300], ds.train.texts[:300]), None, ds.n_labels, ds.label_texts,
+                    ds.text_variant, ds.layout)
     if method == "ngame":  # stage 1 only: label texts are stored whatever stages ran
-        trained = NGAME.train(ds, NGAMEConfig(encoder=encoder, siamese=SiameseConfig(epochs=1, batch_size=512),
-                                              stages=[1]), progress=False)
+        trained = NGAME.train(small, NGAMEConfig(encoder=encoder, siamese=SiameseConfig(epochs=1, batch_size=300),
+                                                 stages=[1]), progress=False)
     else:
-        trained = MIPSClassifier.train(ds, MIPSMethodConfig(encoder=encoder, classifier=ClassifierConfig(
+        trained = MIPSClassifier.train(small, MIPSMethodConfig(encoder=encoder, classifier=ClassifierConfig(
             epochs=1, features="dense")), progress=False)
     trained.save(tmp_path / method)
     lines = (tmp_path / method / "labels.jsonl").read_text(encoding="utf-8").splitlines()
