@@ -4,6 +4,7 @@ dataset cut from the bundled HPO demo data."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_dataset(name: str) -> Path:
+    """A real benchmark dataset from ../shared/data beside the checkout. Skipped where it is absent, except
+    under CI (env CI set), where its absence is a failure: CI must run these tests."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        message = f"real dataset {name} not found in {SHARED_DATA}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set: tests on real data must run)")
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -87,3 +87,40 @@ def test_data_demo_unpacks_into_xmine_cache_and_prints_the_folder(tmp_path, monk
     assert (tmp_path / "cache" / "demo" / "hpo-disease-phenotype" / "trn_X_Y.txt").exists()
     code, out, _ = run(capsys, "data", "demo")  # the second call reuses the unpacked folder
     assert code == 0 and out.strip() == folder
+
+
+def test_version_flag(capsys):
+    from xmine import __version__
+
+    for flag in ("-V", "--version"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([flag])
+        assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"xmine {__version__}"
+
+
+def test_train_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "what to train (default: ngame)" in out
+    assert "(config default: ngame 20, mips 5)" in out  # --epochs: the dataclasses' defaults, per method
+    assert "--keep-checkpoints" in out
+
+
+def test_demo_says_where_the_data_is_what_the_metrics_mean_and_what_to_run_next(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    monkeypatch.setenv("XMINE_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "demo-model"
+    code, out, _ = run(capsys, "-q", "demo", "--method", "knn", "--out", str(model))
+    data = tmp_path / "cache" / "demo" / "hpo-disease-phenotype"
+    assert code == 0 and f"data:  {data}" in out and "XMINE_CACHE" in out
+    assert "P@k    precision at k" in out and "PSP@k  propensity-scored" in out
+    assert "P@1" in out and (model / "test_predictions.npz").exists()
+    commands = [line.split("#")[0].strip() for line in out.splitlines() if line.startswith("  xmine ")]
+    predict = next(c for c in commands if c.startswith("xmine predict"))
+    evaluate = next(c for c in commands if c.startswith("xmine evaluate"))
+    monkeypatch.chdir(tmp_path)  # the suggested commands run as printed
+    assert run(capsys, "-q", *shlex.split(predict)[1:])[0] == 0
+    code, out, _ = run(capsys, *shlex.split(evaluate)[1:])
+    assert code == 0 and "P@1" in out

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import shared_dataset as _dataset_dir
 
 import xmine.data.sparse as sparse_mod
 from xmine.data import (
@@ -27,15 +28,6 @@ from xmine.data import (
     write_text_lines,
 )
 from xmine.errors import DataFormatError
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _dataset_dir(name: str) -> Path:
-    d = DATA / name
-    if not d.is_dir():
-        pytest.skip(f"real dataset {d} not available")
-    return d
 
 
 def _write(tmp_path: Path, name: str, content: bytes | str) -> Path:

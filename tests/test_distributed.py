@@ -113,7 +113,7 @@ def test_two_gloo_processes_match_one_process_and_resume_with_one(small_hpo, tin
     config_file = tmp_path / "stage1.json"
     _config(tiny_model_dir, epochs=2).save(config_file)
     _torchrun(2, ["--method", "ngame", "--data", str(small_hpo), "--out", str(tmp_path / "two"),
-                  "--config", str(config_file)])
+                  "--config", str(config_file), "--keep-checkpoints"])
     two = json.loads((tmp_path / "two" / "history.json").read_text())["stage1"]
     assert [e["points_seen"] for e in two] == [n_trained] * 2
 
@@ -126,6 +126,7 @@ def test_two_gloo_processes_match_one_process_and_resume_with_one(small_hpo, tin
     resumed = NGAME.train(ds, _config(tiny_model_dir, epochs=4), out_dir=tmp_path / "two", resume=True,
                           progress=False)
     assert [e["epoch"] for e in resumed.history["stage1"]] == [0, 1, 2, 3]
+    assert resumed.history["stage1"][:2] == two  # epochs 0 and 1 come from the checkpoint, not a re-run
     assert np.allclose([e["loss"] for e in resumed.history["stage1"]], ref, rtol=1e-3)
 
 

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import shared_dataset
 
 from xmine.config import LEAD_AUTO_MIN_RATIO, TfidfConfig
 from xmine.errors import ConfigError, ModelError
 from xmine.features import TfidfFeaturizer, lead_texts
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _texts(n: int, body_words: int) -> list[str]:
@@ -92,12 +91,11 @@ def test_lead_words_must_be_positive() -> None:
         TfidfConfig(lead_words=0).validate()
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "debian-related").is_dir(), reason="../shared/data not beside the checkout")
 def test_auto_lead_channel_on_real_texts() -> None:
     """debian full texts ('name: summary' + long description, median 51 words) get the channel; titles do not."""
     from xmine.data import load_dataset
 
-    full = load_dataset(SHARED_DATA / "debian-related").train.texts[:3000]
-    titles = load_dataset(SHARED_DATA / "debian-related", text_variant="title").train.texts[:3000]
+    full = load_dataset(shared_dataset("debian-related")).train.texts[:3000]
+    titles = load_dataset(shared_dataset("debian-related"), text_variant="title").train.texts[:3000]
     assert TfidfFeaturizer().fit(full).lead_words == TfidfConfig().lead_words
     assert TfidfFeaturizer().fit(titles).lead_words == 0

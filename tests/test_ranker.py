@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import shared_dataset
 
 from xmine.config import RankerConfig
 from xmine.errors import ConfigError, XmineError
 from xmine.ranker import UNTRAINED_BIAS, SparseRanker, shortlist_matrix
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _toy(seed: int = 0, n: int = 300, n_features: int = 40, n_labels: int = 12):
@@ -117,7 +114,6 @@ def test_bad_inputs_are_clear_errors():
         RankerConfig.from_dict({"C": 0})
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "mldr-bibtex").exists(), reason="needs ../shared/data")
 def test_ranker_beats_the_knn_baseline_on_bibtex():
     from xmine.config import KNNConfig
     from xmine.data import load_dataset
@@ -125,7 +121,7 @@ def test_ranker_beats_the_knn_baseline_on_bibtex():
     from xmine.models import TfidfKNN
     from xmine.topk import csr_from_topk, csr_row_topk
 
-    ds = load_dataset(SHARED_DATA / "mldr-bibtex")
+    ds = load_dataset(shared_dataset("mldr-bibtex"))
     knn = TfidfKNN.train(ds, KNNConfig())
     n_labels = ds.n_labels
     ranker = SparseRanker.train(knn.train_features, ds.train.labels, _all_labels(ds.train.n_points, n_labels),

@@ -23,6 +23,7 @@ from typing import Any
 
 import scipy.sparse as sp
 
+from xmine import __version__
 from xmine.errors import XmineError
 
 log = logging.getLogger("xmine")
@@ -140,14 +141,16 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
 
 
 def train_model(method: str, dataset: Any, config: Any, out: str | Path, resume: bool = False,
-                init_from: str | None = None, progress: bool = True) -> Any:
+                init_from: str | None = None, progress: bool = True, keep_checkpoints: bool = False) -> Any:
     from xmine.models import NGAME, MIPSClassifier, TfidfKNN
 
     if method == "knn":
         return TfidfKNN.train(dataset, config)
     if method == "ngame":
-        return NGAME.train(dataset, config, out_dir=out, resume=resume, init_from=init_from, progress=progress)
-    return MIPSClassifier.train(dataset, config, out_dir=out, resume=resume, progress=progress)
+        return NGAME.train(dataset, config, out_dir=out, resume=resume, init_from=init_from, progress=progress,
+                           keep_checkpoints=keep_checkpoints)
+    return MIPSClassifier.train(dataset, config, out_dir=out, resume=resume, progress=progress,
+                                keep_checkpoints=keep_checkpoints)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -180,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, text_variant=args.text_variant)
     start = time.perf_counter()
     model = train_model(args.method, dataset, config, args.out, resume=args.resume, init_from=args.init_from,
-                        progress=not args.quiet and distributed.is_main())
+                        progress=not args.quiet and distributed.is_main(), keep_checkpoints=args.keep_checkpoints)
     seconds = time.perf_counter() - start
     if not distributed.is_main():  # rank 0 writes the model directory
         distributed.shutdown()
@@ -351,7 +354,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+METRIC_NOTES = (
+    "P@k    precision at k: the share of the k top-scored labels that are correct, averaged over test points",
+    "PSP@k  propensity-scored P@k: the same with each correct label weighted by how rare it is (rare labels count "
+    "more), as a % of the best achievable",
+    "nDCG@k P@k that counts a correct label more the higher it is ranked; R@k: the share of a point's labels in its "
+    "top k",
+)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from xmine.data import load_dataset
     from xmine.demo import demo_dataset_path
     from xmine.metrics import format_metrics
@@ -360,18 +374,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     dataset = load_dataset(data_dir)
     config = build_config(args.method, args.config, args.set or [], {})
-    print(f"xmine demo: {args.method} on the bundled {dataset.name} dataset "
+    print(f"xmine demo: {args.method} on the bundled {dataset.name} dataset: disease names -> phenotype terms "
           f"({dataset.train.n_points} train / {dataset.test.n_points} test points, {dataset.n_labels} labels)")
+    print(f"  data:  {data_dir}  (unpacked from the package once; set XMINE_CACHE to unpack it elsewhere)")
+    print(f"  model: {out}")
+    if args.method == "ngame":
+        print("  stage 1 trains a text encoder that embeds diseases near their phenotypes; stage 2 shortlists "
+              "candidate labels,\n"
+              "  trains per-label classifiers and a sparse ranker on them, and fits a fusion of "
+              "their scores.", flush=True)
+    # the demo narrates: stage lines at INFO, printed between the progress bars
+    logging.getLogger("xmine").setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     start = time.perf_counter()
-    model = train_model(args.method, dataset, config, out, progress=not args.quiet)
-    model.save(out)
-    train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    pred = model.predict(dataset.test, k=100)
-    predict_s = time.perf_counter() - start
+    with logging_redirect_tqdm():
+        model = train_model(args.method, dataset, config, out, progress=not args.quiet,
+                            keep_checkpoints=args.keep_checkpoints)
+        model.save(out)
+        train_s = time.perf_counter() - start
+        size_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+        log.info("trained in %.0fs; model saved in %s (%.0f MiB)", train_s, out, size_mb)
+        log.info("predicting the top 100 labels of the %d test points", dataset.test.n_points)
+        start = time.perf_counter()
+        pred = model.predict(dataset.test, k=100, progress=not args.quiet)
+        predict_s = time.perf_counter() - start
     save_predictions(out / "test_predictions.npz", pred)
-    print(f"trained in {train_s:.0f}s, predicted {pred.shape[0]} points in {predict_s:.1f}s; model in {out}")
+    print(f"\npredicted {pred.shape[0]} points in {predict_s:.1f}s ({pred.shape[0] / max(predict_s, 1e-9):.0f} "
+          f"points/s); test metrics in %:")
     print(format_metrics(evaluate_split(pred, dataset, "test")))
+    print("\n" + "\n".join(METRIC_NOTES))
+    suggestions = [
+        (f"xmine predict --model {out} --data {data_dir} --out pred.npz", "predict again (top 100 per point)"),
+        (f"xmine evaluate --data {data_dir} --pred pred.npz", "score the predictions"),
+        (f"xmine train --data {data_dir} --out my-model --set siamese.epochs=5", "train with other settings"),
+        ("xmine train --help", "every option, with its default"),
+    ]
+    width = max(len(command) for command, _ in suggestions)
+    print("\nNext, try:")
+    for command, what in suggestions:
+        print(f"  {command.ljust(width)}  # {what}")
+    print("Your own data: a folder in one of the layouts of docs/data-formats.md, then "
+          "xmine train --data FOLDER --out MODEL")
     return 0
 
 
@@ -411,68 +455,99 @@ def add_serve_parser(sub: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------ parser
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except empty ones (None: the configuration decides; False: a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or isinstance(action.default, list):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _config_defaults(flag: str) -> str:
+    """' (config default: ngame X, mips Y)': what a dedicated flag sets when it is not given."""
+    from xmine.config import METHOD_CONFIGS
+
+    values = []
+    for method, paths in FLAG_PATHS.get(flag, {}).items():
+        node: Any = METHOD_CONFIGS[method]().to_dict()
+        for key in paths[0].split("."):
+            node = node[key]
+        values.append(f"{method} {'auto' if node is None else json.dumps(node)}")
+    return f" (config default: {', '.join(values)})" if values else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False everywhere: a prefix such as --text must never be taken for --text-variant
     parser = argparse.ArgumentParser(prog="xmine", description="Extreme multi-label classification: NGAME, "
                                      "MIPS negative sampling and baselines.", allow_abbrev=False)
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-V", "--version", action="version", version=f"xmine {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress lines (per epoch etc.)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command")
+    formatter = {"formatter_class": _HelpFormatter, "allow_abbrev": False}
 
-    data = sub.add_parser("data", allow_abbrev=False, help="dataset tools")
+    data = sub.add_parser("data", **formatter, help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    stats = data_sub.add_parser("stats", allow_abbrev=False, help="print a dataset's statistics")
+    stats = data_sub.add_parser("stats", **formatter, help="print a dataset's statistics")
     stats.add_argument("dir")
     stats.add_argument("--text-variant", choices=["full", "title"], default="full")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_data_stats)
-    demo_data = data_sub.add_parser("demo", help="unpack the bundled demo dataset (once) and print its folder",
+    demo_data = data_sub.add_parser("demo", **formatter,
+                                    help="unpack the bundled demo dataset (once) and print its folder",
                                     description="Unpack the bundled HPO demo dataset into $XMINE_CACHE/demo "
                                     "(default ~/.cache/xmine/demo) unless it is there, and print its folder.")
     demo_data.set_defaults(func=cmd_data_demo)
 
-    train = sub.add_parser("train", allow_abbrev=False, help="train a model",
+    train = sub.add_parser("train", **formatter, help="train a model",
                            description="Train a model. Configuration: defaults "
                            "< --config FILE (JSON, or a preset name: ngame-paper, mips-paper) < --set < flags. "
                            "Data-parallel (ngame, mips): torchrun --nproc-per-node N -m xmine train ... "
                            "(gloo on CPUs, NCCL on GPUs; siamese.batch_size is then the global batch).")
     train.add_argument("--data", help="dataset directory")
     train.add_argument("--out", help="model directory to write")
-    train.add_argument("--method", choices=["ngame", "mips", "knn"], default="ngame")
+    train.add_argument("--method", choices=["ngame", "mips", "knn"], default="ngame", help="what to train")
     train.add_argument("--config", help="JSON config file, or a preset name (ngame-paper, mips-paper)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override any config value, e.g. --set siamese.lr=1e-3 (repeatable)")
     train.add_argument("--print-default-config", action="store_true",
                        help="print the full configuration (defaults + overrides) as JSON and exit")
-    train.add_argument("--text-variant", choices=["full", "title"], default="full")
+    train.add_argument("--text-variant", choices=["full", "title"], default="full",
+                       help="the dataset's texts to train on (title: trn_X_title.txt, where the dataset has them)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    train.add_argument("--keep-checkpoints", action="store_true",
+                       help="keep the training checkpoints (optimizer states, for --resume) in --out/checkpoints "
+                            "after training has finished; by default they are deleted then")
     train.add_argument("--stages", help="NGAME stages to run: 1, 2 or 1,2 (default)")
     train.add_argument("--init-from", help="NGAME --stages 2: the saved stage-1 model directory")
-    train.add_argument("--encoder", choices=["bow", "transformer", "cached"])
+    train.add_argument("--encoder", choices=["bow", "transformer", "cached"], help="text encoder")
     train.add_argument("--epochs", type=int, help="NGAME stage-1 epochs; MIPS classifier epochs")
     train.add_argument("--classifier-epochs", type=int, help="classifier epochs (NGAME stage 2, MIPS)")
     train.add_argument("--batching", choices=["clusters", "random"], help="NGAME stage-1 batches")
     train.add_argument("--loss", choices=["infonce", "triplet", "infonce_then_triplet"], help="NGAME stage-1 loss")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--seed", type=int)
+    train.add_argument("--batch-size", type=int, help="training batch")
+    train.add_argument("--seed", type=int, help="random seed")
     train.add_argument("--features", choices=["dense", "sparse", "dense+sparse"], help="classifier features")
-    train.add_argument("--fusion", choices=["learned", "fixed"])
-    train.add_argument("--index", choices=["exact", "hnsw", "ivf"])
+    train.add_argument("--fusion", choices=["learned", "fixed"], help="NGAME score fusion")
+    train.add_argument("--index", choices=["exact", "hnsw", "ivf"], help="nearest-neighbour index")
     train.add_argument("--threads", type=int, help="torch/faiss threads")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     train.add_argument("--max-length", type=int, help="tokens per text")
-    train.add_argument("--mips-negatives", type=int)
-    train.add_argument("--uniform-negatives", type=int)
+    train.add_argument("--mips-negatives", type=int, help="MIPS: hard negatives per point")
+    train.add_argument("--uniform-negatives", type=int, help="MIPS: uniform negatives per point")
     train.add_argument("--reindex-every", type=int, help="MIPS index rebuild interval, in steps")
     train.add_argument("--warmup-epochs", type=int, help="epochs of uniform negatives before MIPS negatives")
     train.add_argument("--neighbours", type=int, help="knn baseline: neighbours that vote")
     train.add_argument("--lead-channel", choices=["auto", "on", "off"],
                        help="TF-IDF of each text's first tfidf.lead_words words as a second feature block "
                             "(auto: when the median training text is longer than twice that)")
+    for action in train._actions:
+        if action.dest in FLAG_PATHS and action.help:
+            action.help += _config_defaults(action.dest).replace("%", "%%")
     train.set_defaults(func=cmd_train)
 
-    predict = sub.add_parser("predict", allow_abbrev=False,
+    predict = sub.add_parser("predict", **formatter,
                              help="predict top-k labels for free texts or a dataset split",
                              description="Either --input FILE|- (one text per line; '-' reads stdin) -> one JSON "
                              "line {text, labels: [{id, label, score}]} or TSV rows (line, rank, id, label, score) "
@@ -482,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", help="text file, one text per line; '-' for stdin")
     predict.add_argument("--format", choices=["jsonl", "tsv"], help="--input output format (default jsonl)")
     predict.add_argument("--data", help="dataset directory (predicts its --split)")
-    predict.add_argument("--split", choices=["test", "train"], default="test")
+    predict.add_argument("--split", choices=["test", "train"], default="test", help="--data: the split to predict")
     predict.add_argument("--out", help="--data: predictions file (.npz, a CSR score matrix), required; "
                          "--input: output file (default stdout)")
     predict.add_argument("-k", type=int, help="labels per text (default 10 with --input, 100 with --data)")
@@ -491,20 +566,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text-variant", choices=["full", "title"], help="default: the one the model trained on")
     predict.set_defaults(func=cmd_predict)
 
-    ev = sub.add_parser("evaluate", allow_abbrev=False, help="P@k, nDCG@k, PSP@k, R@k of a predictions file")
+    ev = sub.add_parser("evaluate", **formatter, help="P@k, nDCG@k, PSP@k, R@k of a predictions file")
     ev.add_argument("--data", required=True)
     ev.add_argument("--pred", required=True)
-    ev.add_argument("--split", choices=["test", "train"], default="test")
+    ev.add_argument("--split", choices=["test", "train"], default="test", help="the split the predictions are of")
     ev.add_argument("--propensity", choices=["default", "amazon", "wikipedia"], default="default",
                     help="propensity model (A, B): default (0.55, 1.5), amazon (0.6, 2.6), wikipedia (0.5, 0.4)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=cmd_evaluate)
 
-    demo = sub.add_parser("demo", allow_abbrev=False, help="train, predict and evaluate on the bundled HPO dataset")
-    demo.add_argument("--out", default="xmine-demo-model")
-    demo.add_argument("--method", choices=["ngame", "mips", "knn"], default="ngame")
+    demo = sub.add_parser("demo", **formatter, help="train, predict and evaluate on the bundled HPO dataset",
+                          description="Train a model on the bundled HPO dataset (disease name -> phenotype terms), "
+                          "predict the test split and evaluate it, saying what each stage does. The data is "
+                          "unpacked once into $XMINE_CACHE/demo (default ~/.cache/xmine/demo).")
+    demo.add_argument("--out", default="xmine-demo-model", help="model directory to write")
+    demo.add_argument("--method", choices=["ngame", "mips", "knn"], default="ngame", help="what to train")
     demo.add_argument("--config", help="JSON config file or preset name")
-    demo.add_argument("--set", action="append", metavar="KEY=VALUE")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config value (repeatable)")
+    demo.add_argument("--keep-checkpoints", action="store_true", help="keep the training checkpoints")
     demo.set_defaults(func=cmd_demo)
 
     add_serve_parser(sub)
@@ -514,11 +593,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.version:
-        from xmine import __version__
-
-        print(f"xmine {__version__}")
-        return 0
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

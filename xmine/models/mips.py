@@ -33,6 +33,7 @@ from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_c
 from xmine.models.knn import TfidfKNN
 from xmine.shortlist import csr_rows_to_ids, union_candidates
 from xmine.topk import csr_from_topk, csr_row_topk, stack_rows
+from xmine.training.checkpoint import remove_checkpoints
 from xmine.training.classifiers import train_classifiers
 from xmine.utils import atomic_write_text, seed_everything, set_threads
 
@@ -50,7 +51,7 @@ class MIPSClassifier(XMCModel):
 
     @classmethod
     def train(cls, dataset: Any, config: MIPSMethodConfig | None = None, out_dir: str | Path | None = None,
-              resume: bool = False, progress: bool = True) -> MIPSClassifier:
+              resume: bool = False, progress: bool = True, keep_checkpoints: bool = False) -> MIPSClassifier:
         config = config or MIPSMethodConfig()
         set_threads(config.encoder.num_threads)
         seed_everything(config.classifier.seed)
@@ -112,6 +113,8 @@ class MIPSClassifier(XMCModel):
         history = {"epochs": hist.to_list(), "train_seconds": time.perf_counter() - start,
                    "reindex_seconds": sampler.rebuild_seconds, "reindex_count": sampler.rebuilds,
                    "rebuild_steps": rebuild_steps}
+        if not keep_checkpoints and ckpt is not None:
+            remove_checkpoints(ckpt.parent)
         model = cls(config, encoder, classifiers, index, knn, history)
         model.label_texts = dataset.label_texts
         return model

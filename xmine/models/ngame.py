@@ -38,6 +38,7 @@ from xmine.models.knn import TfidfKNN
 from xmine.ranker import SparseRanker
 from xmine.shortlist import csr_rows_to_ids, recall_of_shortlist, union_candidates
 from xmine.topk import csr_from_topk, csr_row_topk, stack_rows
+from xmine.training.checkpoint import remove_checkpoints
 from xmine.training.classifiers import train_classifiers
 from xmine.training.siamese import sample_one_positive, train_siamese
 from xmine.utils import atomic_save_npy, atomic_write_text, seed_everything, set_threads
@@ -168,10 +169,12 @@ class NGAME(XMCModel):
     # ------------------------------------------------------------------ training
     @classmethod
     def train(cls, dataset: Any, config: NGAMEConfig | None = None, out_dir: str | Path | None = None,
-              resume: bool = False, init_from: str | Path | None = None, progress: bool = True) -> NGAME:
+              resume: bool = False, init_from: str | Path | None = None, progress: bool = True,
+              keep_checkpoints: bool = False) -> NGAME:
         """Train the stages in `config.stages` on `dataset.train`. Stage 2 alone needs `init_from`, a saved
         stage-1 (or full) NGAME model directory. With `out_dir`, checkpoints go to out_dir/checkpoints and
-        `resume=True` continues from them."""
+        `resume=True` continues from them; they are deleted once training has finished, unless
+        `keep_checkpoints`."""
         config = config or NGAMEConfig()
         set_threads(config.encoder.num_threads)
         seed_everything(config.siamese.seed)
@@ -189,6 +192,9 @@ class NGAME(XMCModel):
         timings: dict[str, float] = {}
         if 1 in config.stages:
             t0 = time.perf_counter()
+            log.info("stage 1: training the %s encoder on %d points and %d label texts, %d epochs (batches of "
+                     "points clustered by their current embeddings, so batch-mates' labels are hard negatives)",
+                     config.encoder.kind, split.n_points, len(dataset.label_texts), config.siamese.epochs)
             encoder = build_encoder(config.encoder, list(split.texts) + list(dataset.label_texts))
             point_inputs = encoder.prepare(split.texts)
             label_inputs = encoder.prepare(dataset.label_texts)
@@ -200,6 +206,7 @@ class NGAME(XMCModel):
             history["stage1"] = hist.to_list()
             history["stage1_unseen_points"] = config.fusion.stage1_unseen_points
             timings["stage1_seconds"] = time.perf_counter() - t0
+            log.info("stage 1 done in %.0fs", timings["stage1_seconds"])
         else:
             if init_from is None:
                 raise XmineError("stage 2 alone needs a trained stage-1 model: pass init_from / --init-from")
@@ -207,6 +214,8 @@ class NGAME(XMCModel):
             point_inputs = encoder.prepare(split.texts)
             label_inputs = encoder.prepare(dataset.label_texts)
         t0 = time.perf_counter()
+        log.info("embedding the %d label texts and indexing them (%s index)", len(dataset.label_texts),
+                 config.index.kind)
         label_embeddings = encoder.encode(label_inputs, progress=progress, desc="encode labels")
         label_index = LabelIndex.build(label_embeddings, config.index)
         timings["label_index_seconds"] = time.perf_counter() - t0
@@ -219,6 +228,8 @@ class NGAME(XMCModel):
             model._train_stage2(dataset, point_inputs, unseen, ckpt_dir, resume, progress)
             timings["stage2_seconds"] = time.perf_counter() - t0
         model.history.update(timings)
+        if not keep_checkpoints:
+            remove_checkpoints(ckpt_dir)
         return model
 
     def _train_stage2(self, dataset: Any, point_inputs: Any, stage1_unseen_rows: np.ndarray, ckpt_dir: Path | None,
@@ -230,12 +241,15 @@ class NGAME(XMCModel):
         holdout = fusion_holdout(n, cfg)
         fit_rows = np.setdiff1d(np.arange(n), holdout)
         uses_sparse = cfg.classifier.features != "dense"
+        log.info("stage 2: TF-IDF features of the training texts")
         self.knn = TfidfKNN.train(dataset, KNNConfig(tfidf=cfg.tfidf))
         self.knn.label_texts = None  # stored once, at the model's top level
         sparse_x = self.knn.train_features if uses_sparse else None
         # the shortlist's neighbour source only sees the classifier-training rows
         emb = self.encoder.encode(point_inputs, progress=progress, desc="encode points")
         t0 = time.perf_counter()
+        log.info("stage 2: shortlisting candidate labels for %d training points (label-embedding index + the "
+                 "labels of their TF-IDF nearest neighbours)", n)
         shortlist, _ = self._scorer()(emb, self.knn.train_features, use_classifier_index=False,
                                       classifier_sparse=False, exclude_rows=np.arange(n), with_scores=False)
         self.history["shortlist_recall_train"] = recall_of_shortlist(shortlist, labels)
@@ -246,6 +260,8 @@ class NGAME(XMCModel):
 
         def train_ranker(on_labels: sp.csr_matrix, ranker_shortlist: np.ndarray) -> None:
             t0 = time.perf_counter()
+            log.info("stage 2: fitting the sparse ranker, a logistic regression per label over TF-IDF features, "
+                     "on %d points", int((on_labels.getnnz(1) > 0).sum()))
             self.ranker = SparseRanker.train(self.knn.train_features, on_labels, ranker_shortlist, cfg.ranker,
                                              n_jobs=torch.get_num_threads(), progress=progress)
             seconds = time.perf_counter() - t0
@@ -277,6 +293,8 @@ class NGAME(XMCModel):
                 parts.append(mips.hard_negatives(batch_emb, batch_pos))
             return np.concatenate(parts, axis=1)
 
+        log.info("stage 2: training %d per-label classifiers on the shortlists, %d epochs", self.n_labels,
+                 cfg.classifier.epochs)
         hist = train_classifiers(classifiers, train_labels, cfg.classifier, negatives, embeddings=emb,
                                  sparse_features=sparse_x, encoder=self.encoder if cfg.classifier.finetune_encoder
                                  else None, point_inputs=point_inputs,
@@ -306,6 +324,8 @@ class NGAME(XMCModel):
             log.info("stage 2 ranker shortlist: %d candidates/point", ranker_shortlist.shape[1])
             train_ranker(train_labels, ranker_shortlist)
         # fusion on the held-out training points
+        log.info("stage 2: scoring %d held-out training points with every source and fitting the score fusion",
+                 len(holdout))
         self.fusion = ScoreFusion(cfg.fusion, inverse_propensity(labels[fit_rows], cfg.fusion.propensity_A,
                                                                  cfg.fusion.propensity_B), self.score_sources)
         cand, scores = self._scorer()(emb[holdout], self.knn.train_features[holdout], use_classifier_index=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,3 +24,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad checkpoint
         raise ModelError(f"{path}: unreadable checkpoint ({exc})") from exc
+
+
+def remove_checkpoints(directory: str | Path | None) -> None:
+    """Training has finished: its checkpoints (optimizer states, kept only to resume) leave the model directory.
+    Only the main process deletes, as only it writes them."""
+    from xmine import distributed
+
+    if directory is not None and distributed.is_main():
+        shutil.rmtree(directory, ignore_errors=True)

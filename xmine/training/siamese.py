@@ -172,6 +172,8 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
         cluster_size = schedule.cluster_size(epoch) if config.batching == "clusters" else None
         if config.batching == "clusters" and schedule.is_refresh_epoch(epoch):
             t0 = time.perf_counter()
+            log.info("stage 1 epoch %d: re-embedding the %d points and clustering them into groups of %d "
+                     "(each batch: whole clusters)", epoch + 1, len(keep), cluster_size)
             refresh_clusters(sampler, encoder, points, cluster_size)
             refresh_seconds = time.perf_counter() - t0
         positives = sample_one_positive(labels, rng)
