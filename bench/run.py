@@ -335,6 +335,10 @@ def main() -> None:
         (BENCH / "results" / f"{name}.json").write_text(json.dumps(results, indent=2, default=float))
     print(text)
     print(f"\n(total {time.time() - start:.0f}s)")
+    if args.suite == "main":  # the xmine report of each dataset, from the saved prediction files
+        from bench.reports import write_reports
+
+        write_reports(datasets, BENCH / "results" / name)
     if args.update_readme:
         update_block(BENCHMARKS_DOC, "BENCH", text)
         update_block(README, "SUMMARY", f"NGAME (fused scores) against the best of PECOS, Omikuji and napkinXC on "

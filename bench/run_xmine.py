@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xmine.cli import build_config, setup_logging, train_model
+from xmine.cli import build_config, save_predictions, setup_logging, train_model
 from xmine.config import EncoderConfig, IndexConfig
 from xmine.data import load_dataset
 from xmine.metrics import evaluate, inverse_propensity
@@ -128,6 +128,8 @@ def main() -> None:
                                         filter_pairs=ds.test.filter_pairs)
                          for kind, pred in run["predictions"].items()}
     result["peak_rss_mb"] = peak_rss_mb()
+    for kind, pred in run["predictions"].items():  # kept for bench/reports.py (xmine report)
+        save_predictions(Path(args.out).parent / "predictions" / f"{Path(args.out).stem}__{kind}.npz", pred)
     Path(args.out).write_text(json.dumps(result, indent=2, default=float))
     main_kind = next(iter(result["metrics"]))
     m = result["metrics"][main_kind]

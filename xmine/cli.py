@@ -5,7 +5,8 @@
   xmine predict --model MODEL_DIR --data DIR [--split test] --out PRED.npz [-k K] [--scores ...]
   xmine predict --model MODEL_DIR --input FILE|- [-k K] [--format jsonl|tsv] [--out FILE]
   xmine serve --model MODEL_DIR [--host 127.0.0.1] [--port 8000]   (HTTP API, see docs/serving.md)
-  xmine evaluate --data DIR --pred PRED.npz [--json]
+  xmine evaluate --data DIR --pred PRED.npz [--json] [--by-frequency]
+  xmine report --data DIR --pred NAME=PRED.npz [--pred ...] [--model M] --out report.html
   xmine demo          (train, predict and evaluate on the bundled HPO dataset)
 
 Configuration: defaults < --config FILE (JSON) < --set key.path=value < dedicated flags.
@@ -344,13 +345,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.data)
     pred = load_predictions(args.pred)
-    metrics = evaluate_split(pred, dataset, args.split, args.propensity)
+    metrics: dict[str, Any] = dict(evaluate_split(pred, dataset, args.split, args.propensity))
+    buckets = by_frequency(pred, dataset, args.split, args.buckets) if args.by_frequency else None
     if args.json:
-        print(json.dumps(metrics))
+        print(json.dumps({**metrics, "by_frequency": buckets} if buckets is not None else metrics))
     else:
         filtered = " (filter_labels applied)" if dataset.split(args.split).filter_pairs is not None else ""
         print(f"{dataset.name} {args.split}: {pred.shape[0]} points{filtered}")
         print(format_metrics(metrics))
+        if buckets is not None:
+            from xmine.metrics import format_buckets
+
+            print(f"\nby training frequency of the labels ({len(buckets)} buckets, head first; metrics in %):")
+            print(format_buckets(buckets))
+    return 0
+
+
+def by_frequency(pred: sp.csr_matrix, dataset: Any, split_name: str, n_buckets: int = 5) -> list[dict[str, float]]:
+    """`xmine evaluate --by-frequency`: accuracy per label-frequency bucket of one split's predictions."""
+    from xmine.metrics import frequency_bucket_metrics
+
+    split = dataset.test if split_name == "test" else dataset.train
+    return frequency_bucket_metrics(pred, split.labels, dataset.train.labels, n_buckets=n_buckets,
+                                    filter_pairs=split.filter_pairs)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from xmine.report import parse_pred_arg, write_report
+
+    written = write_report(args.data, [parse_pred_arg(p) for p in args.pred], args.out, model=args.model,
+                           split=args.split, n_buckets=args.buckets, propensity=args.propensity,
+                           text_variant=args.text_variant)
+    print(f"report -> {written[0]} (figures: {', '.join(p.name for p in written[1:])})")
     return 0
 
 
@@ -573,7 +599,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--propensity", choices=["default", "amazon", "wikipedia"], default="default",
                     help="propensity model (A, B): default (0.55, 1.5), amazon (0.6, 2.6), wikipedia (0.5, 0.4)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--by-frequency", action="store_true",
+                    help="also P@5 contribution, precision, recall and coverage per label-frequency bucket "
+                         "(head to tail, equal training positives per bucket)")
+    ev.add_argument("--buckets", type=int, default=5, help="number of frequency buckets (default 5)")
     ev.set_defaults(func=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="one self-contained HTML report comparing prediction files",
+                         description="Accuracy by label frequency (head to tail), P@k/PSP@k, recall@k curves, "
+                         "label coverage, per-point comparisons with example texts, and (with --model) training "
+                         "curves: one HTML file with inline images, plus the figures as PNG files beside it.")
+    rep.add_argument("--data", required=True, help="dataset directory")
+    rep.add_argument("--pred", action="append", required=True, metavar="NAME=PRED.npz",
+                     help="a method's predictions (CSR .npz as `xmine predict` writes); repeat to compare")
+    rep.add_argument("--model", help="a trained model directory: adds its training curves (history.json)")
+    rep.add_argument("--out", required=True, help="the HTML file to write (PNGs go beside it)")
+    rep.add_argument("--split", choices=["test", "train"], default="test")
+    rep.add_argument("--buckets", type=int, default=5, help="label-frequency buckets (default 5)")
+    rep.add_argument("--propensity", choices=["default", "amazon", "wikipedia"], default="default")
+    rep.add_argument("--text-variant", choices=["full", "title"], default="full",
+                     help="point texts shown in the examples (default full)")
+    rep.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", **formatter, help="train, predict and evaluate on the bundled HPO dataset",
                           description="Train a model on the bundled HPO dataset (disease name -> phenotype terms), "

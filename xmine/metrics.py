@@ -26,8 +26,14 @@ __all__ = [
     "PROPENSITY_PRESETS",
     "evaluate",
     "filter_predictions",
+    "format_buckets",
     "format_metrics",
+    "frequency_bucket_metrics",
+    "frequency_buckets",
     "inverse_propensity",
+    "point_precision",
+    "ranked_relevance",
+    "recall_curve",
     "top_k_indices",
 ]
 
@@ -322,3 +328,200 @@ def format_metrics(metrics: dict[str, float]) -> str:
     plain = [f"{name} {value:.2f}" for name, value in metrics.items() if not name.startswith("PS")]
     scored = [f"{name} {value:.2f}" for name, value in metrics.items() if name.startswith("PS")]
     return "\n".join("  ".join(line) for line in (plain, scored) if line)
+
+
+# ------------------------------------------------------------------------------ label-frequency buckets
+
+
+def _label_counts(train_labels: csr_matrix) -> np.ndarray:
+    """Training points per label: stored nonzeros of each column, (L,) int64."""
+    t = _as_csr(train_labels, "train_labels")
+    nz = t.data != 0
+    return np.bincount(t.indices[nz], minlength=t.shape[1]).astype(np.int64)
+
+
+def frequency_buckets(train_labels: csr_matrix, n_buckets: int = 5) -> np.ndarray:
+    """Bucket of every label by training frequency, (L,) int64: 0 is the head, ``n_buckets - 1`` the tail.
+
+    Labels are sorted from most to least frequent (ties: lower label id first) and cut so that every
+    bucket holds about the same number of training *positives* (the "equi-voluminous" bins of the
+    NGAME and DEXA papers): the head bucket has few labels, the tail bucket many. A label goes to
+    the bucket in which its first positive falls, so a label with more positives than a bucket's
+    share leaves the following bucket(s) empty. Labels without any training positive (test-only
+    labels) are in the tail bucket.
+    """
+    if isinstance(n_buckets, bool) or not isinstance(n_buckets, (int, np.integer)) or n_buckets < 1:
+        raise XmineError(f"n_buckets must be an integer >= 1, got {n_buckets!r}")
+    counts = _label_counts(train_labels)
+    total = int(counts.sum())
+    if total == 0:
+        raise XmineError(f"train_labels of shape {train_labels.shape} has no positive entries; cannot bucket labels")
+    order = np.lexsort((np.arange(len(counts)), -counts))  # most frequent first, ties by label id
+    before = np.cumsum(counts[order]) - counts[order]  # positives of the more frequent labels
+    buckets = np.empty(len(counts), dtype=np.int64)
+    buckets[order] = np.minimum(before * n_buckets // total, n_buckets - 1)
+    buckets[counts == 0] = n_buckets - 1
+    return buckets
+
+
+def ranked_relevance(
+    pred: csr_matrix, true: csr_matrix, depth: int, filter_pairs: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``depth`` label ids of every row of ``pred`` and whether each is a true label.
+
+    Returns ``(labels, rel)``, both (n, depth): labels best first (ties to the lower id, -1 where a
+    row has fewer stored entries) and rel a boolean mask of the hits, after ``filter_pairs`` are
+    removed -- the same ranking :func:`evaluate` scores.
+    """
+    p = _as_csr(pred, "pred")
+    t = _as_csr(true, "true")
+    if p.shape != t.shape:
+        raise XmineError(f"pred has shape {p.shape} but true has shape {t.shape}; they must be equal")
+    if p.shape[0] == 0:
+        raise XmineError(f"cannot evaluate zero points (pred shape {p.shape})")
+    (depth,) = _check_ks([depth], "depth")
+    _check_scores(p)
+    p = filter_predictions(p, filter_pairs)
+    t = t.copy()
+    t.eliminate_zeros()
+    t.data = np.ones_like(t.data, dtype=np.float64)
+    # Same sparse pass as evaluate(): entry position + 1 survives the product only where it is true.
+    marks = csr_matrix((np.arange(1, p.nnz + 1, dtype=np.float64), p.indices, p.indptr), shape=p.shape)
+    entry_rel = np.zeros(p.nnz, dtype=bool)
+    entry_rel[marks.multiply(t).tocsr().data.astype(np.int64) - 1] = True
+    pos = _row_topk(p.indptr, p.data, depth)
+    valid = pos >= 0
+    safe = np.maximum(pos, 0)
+    if p.nnz == 0:
+        return np.full(pos.shape, -1, dtype=np.int64), np.zeros(pos.shape, dtype=bool)
+    labels = np.where(valid, p.indices[safe], -1).astype(np.int64)
+    return labels, valid & entry_rel[safe]
+
+
+def _n_true(true: csr_matrix) -> np.ndarray:
+    """True labels per point (stored nonzeros of each row), (n,) int64."""
+    t = _as_csr(true, "true")
+    rows = np.repeat(np.arange(t.shape[0]), np.diff(t.indptr))
+    return np.bincount(rows[t.data != 0], minlength=t.shape[0]).astype(np.int64)
+
+
+def recall_curve(
+    pred: csr_matrix, true: csr_matrix, max_k: int = 100, filter_pairs: np.ndarray | None = None
+) -> np.ndarray:
+    """R@k for k = 1..max_k in percent, (max_k,) float64: the fraction of a point's true labels within
+    its top k, averaged over points with at least one true label (as ``R@k`` of :func:`evaluate`).
+
+    Beyond the entries a row stores the curve stays flat: a label never predicted is never found.
+    """
+    _, rel = ranked_relevance(pred, true, max_k, filter_pairs)
+    n_true = _n_true(true)
+    has = n_true > 0
+    if not has.any():
+        return np.zeros(rel.shape[1])
+    hits = np.cumsum(rel[has], axis=1, dtype=np.float64)
+    return 100.0 * (hits / n_true[has, None]).mean(axis=0)
+
+
+def point_precision(
+    pred: csr_matrix, true: csr_matrix, k: int = 5, filter_pairs: np.ndarray | None = None
+) -> np.ndarray:
+    """P@k of every point in percent, (n,) float64; its mean is ``P@k`` of :func:`evaluate`."""
+    _, rel = ranked_relevance(pred, true, k, filter_pairs)
+    return 100.0 * rel.sum(axis=1) / k
+
+
+def frequency_bucket_metrics(
+    pred: csr_matrix,
+    true: csr_matrix,
+    train_labels: csr_matrix,
+    n_buckets: int = 5,
+    k: int = 5,
+    filter_pairs: np.ndarray | None = None,
+    buckets: np.ndarray | None = None,
+) -> list[dict[str, float]]:
+    """Accuracy of ``pred`` per label-frequency bucket (:func:`frequency_buckets`), head first.
+
+    One dict per bucket, metrics in percent, all from each point's top ``k`` predictions:
+
+    * ``contribution``: hits on the bucket's labels / (k * n points). The buckets' contributions add
+      up to ``P@k`` of :func:`evaluate`.
+    * ``precision``: hits on the bucket's labels / top-k predictions of the bucket's labels (how often
+      a prediction from this bucket is right); 0 when the method never predicts the bucket.
+    * ``recall``: hits on the bucket's labels / the bucket's true test positives (micro-averaged).
+    * ``coverage``: of the bucket's labels with at least one test positive, the share predicted
+      correctly in some point's top k.
+    * ``predicted_share`` / ``true_share``: the bucket's share of all top-k predictions / of all test
+      positives (a method that over-predicts head labels shows it here).
+
+    Plus the bucket's ``labels``, ``train_positives``, ``test_positives`` and the training-frequency
+    range ``freq_min``..``freq_max`` of its labels. ``buckets`` (L,) may be given to reuse one split
+    across methods.
+    """
+    t = _as_csr(true, "true")
+    counts = _label_counts(train_labels)
+    if counts.shape[0] != t.shape[1]:
+        raise XmineError(f"train_labels has {counts.shape[0]} labels but true has {t.shape[1]}; they must be equal")
+    if buckets is None:
+        buckets = frequency_buckets(train_labels, n_buckets)
+    else:
+        buckets = np.asarray(buckets, dtype=np.int64)
+        if buckets.shape != (t.shape[1],) or (buckets < 0).any() or (buckets >= n_buckets).any():
+            raise XmineError(f"buckets must have shape ({t.shape[1]},) and values in [0, {n_buckets})")
+    labels, rel = ranked_relevance(pred, t, k, filter_pairs)
+    n = t.shape[0]
+    predicted = labels >= 0
+    pred_bucket = buckets[np.maximum(labels, 0)]
+    n_pred = np.bincount(pred_bucket[predicted], minlength=n_buckets)
+    n_hit = np.bincount(pred_bucket[rel], minlength=n_buckets)
+    t_nz = t.indices[t.data != 0]
+    n_pos = np.bincount(buckets[t_nz], minlength=n_buckets)
+    test_labels = np.zeros(t.shape[1], dtype=bool)
+    test_labels[t_nz] = True
+    found = np.zeros(t.shape[1], dtype=bool)
+    found[labels[rel]] = True
+    n_test_labels = np.bincount(buckets[test_labels], minlength=n_buckets)
+    n_found = np.bincount(buckets[found], minlength=n_buckets)
+    n_labels = np.bincount(buckets, minlength=n_buckets)
+    train_pos = np.bincount(buckets, weights=counts, minlength=n_buckets)
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.where(b > 0, 100.0 * a / np.maximum(b, 1), 0.0)
+
+    contribution = 100.0 * n_hit / (k * n)
+    precision, recall, coverage = ratio(n_hit, n_pred), ratio(n_hit, n_pos), ratio(n_found, n_test_labels)
+    pred_share = ratio(n_pred, np.full(n_buckets, n_pred.sum()))
+    true_share = ratio(n_pos, np.full(n_buckets, n_pos.sum()))
+    rows = []
+    for b in range(n_buckets):
+        freqs = counts[buckets == b]
+        rows.append({
+            "bucket": b + 1,
+            "labels": int(n_labels[b]),
+            "freq_min": int(freqs.min()) if freqs.size else 0,
+            "freq_max": int(freqs.max()) if freqs.size else 0,
+            "train_positives": int(train_pos[b]),
+            "test_positives": int(n_pos[b]),
+            "contribution": float(contribution[b]),
+            "precision": float(precision[b]),
+            "recall": float(recall[b]),
+            "coverage": float(coverage[b]),
+            "predicted_share": float(pred_share[b]),
+            "true_share": float(true_share[b]),
+        })
+    return rows
+
+
+def format_buckets(rows: list[dict[str, float]], k: int = 5) -> str:
+    """Terminal table of :func:`frequency_bucket_metrics`, head bucket first."""
+    head = (f"{'bucket':<8}{'labels':>8}{'train freq':>13}{'test pos':>10}{f'contrib P@{k}':>13}"
+            f"{f'prec@{k}':>9}{f'recall@{k}':>10}{'coverage':>10}{'pred share':>12}{'true share':>12}")
+    lines = [head]
+    for i, r in enumerate(rows):
+        name = "head" if i == 0 else ("tail" if i == len(rows) - 1 else "")
+        freq = f"{r['freq_min']}-{r['freq_max']}"
+        lines.append(f"{str(r['bucket']) + ' ' + name:<8}{r['labels']:>8}{freq:>13}{r['test_positives']:>10}"
+                     f"{r['contribution']:>13.2f}{r['precision']:>9.2f}{r['recall']:>10.2f}{r['coverage']:>10.2f}"
+                     f"{r['predicted_share']:>12.2f}{r['true_share']:>12.2f}")
+    total = sum(r["contribution"] for r in rows)
+    lines.append(f"(equal training positives per bucket; contributions add up to P@{k} = {total:.2f})")
+    return "\n".join(lines)
