@@ -145,14 +145,20 @@ def score_methods(preds: Sequence[tuple[str, sp.csr_matrix]], true: sp.csr_matri
 
 
 def disagreements(methods: list[MethodScores], n: int = 6) -> list[int]:
-    """Points where the methods' P@5 differ most (largest max - min); ties go to more true labels' points
-    being ranked by index, so the choice is deterministic."""
+    """Points where the methods' P@5 differ most (largest max - min, ties by point index). At most a third
+    of them are points that some method left without any prediction, so the examples also show wrong
+    predictions side by side, not only abstentions."""
     if len(methods) < 2:
         return []
     p5 = np.stack([m.point_p5 for m in methods])
     spread = p5.max(axis=0) - p5.min(axis=0)
     order = np.argsort(-spread, kind="stable")
-    return [int(i) for i in order[:n] if spread[i] > 0]
+    order = order[spread[order] > 0]
+    empty = np.stack([m.top[:, 0] < 0 for m in methods]).any(axis=0)
+    n_empty = min(n // 3, int(empty[order].sum()))
+    full = order[~empty[order]][: n - n_empty]
+    picked = np.concatenate([full, order[empty[order]][: n - len(full)]])
+    return [int(i) for i in picked[np.argsort(-spread[picked], kind="stable")]]
 
 
 def _example(i: int, methods: list[MethodScores], true: sp.csr_matrix, point_texts: Sequence[str] | None,
@@ -237,7 +243,7 @@ def figure_buckets(data: ReportData) -> bytes:
     plt = _plt()
     colors = _colors(len(data.methods))
     ticks = _bucket_ticks(data.methods[0].buckets)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
     panels = (("contribution", f"Contribution to P@{TOP} (bars add up to P@{TOP})"),
               ("precision", f"Precision@{TOP} of the bucket's predictions"),
               ("recall", f"Recall@{TOP} of the bucket's test positives"))
@@ -459,8 +465,9 @@ def _examples_html(examples: list[dict[str, Any]]) -> str:
         truth = "; ".join(_e(t) for t in ex["true"][:12]) + (" …" if len(ex["true"]) > 12 else "")
         cols = "".join(
             f"<div><b>{_e(m['name'])}</b><ol class=\"top\">"
-            + "".join(f'<li class="{"hit" if hit else "miss"}">{"✓" if hit else "✗"} {_e(label)}</li>'
-                      for label, hit in m["top"]) + "</ol></div>" for m in ex["methods"])
+            + ("".join(f'<li class="{"hit" if hit else "miss"}">{"✓" if hit else "✗"} {_e(label)}</li>'
+                       for label, hit in m["top"]) or '<li class="miss">(no prediction for this point)</li>')
+            + "</ol></div>" for m in ex["methods"])
         parts.append(f'<div class="ex">{head}'
                      + (f'<p class="text">{_e(text)}</p>' if text is not None else "")
                      + f"<p><b>true labels ({len(ex['true'])}):</b> {truth}</p><div class=\"cols\">{cols}</div></div>")
@@ -511,9 +518,11 @@ def render_html(data: ReportData, figures: dict[str, bytes]) -> str:
         f'<p class="note">The distribution of P@{TOP} over test points, and (right) how the first two methods\' '
         f"P@{TOP} combine: points off the diagonal are those where one is right and the other is not.</p>",
         _img("points", figures["points"], "per-point P@5"),
-        _table("table-points", ["method", "mean P@5", "points with P@5 = 0 (%)", "points with P@5 ≥ 60 (%)"],
+        _table("table-points", ["method", "mean P@5", "points with P@5 = 0 (%)", "points with P@5 ≥ 60 (%)",
+                                "points without any prediction (%)"],
                [[m.name, float(m.point_p5.mean()), float(100 * np.mean(m.point_p5 == 0)),
-                 float(100 * np.mean(m.point_p5 >= 60 - 1e-9))] for m in methods]),
+                 float(100 * np.mean(m.point_p5 >= 60 - 1e-9)), float(100 * np.mean(m.top[:, 0] < 0))]
+                for m in methods]),
     ]
     if data.disagreements:
         sections += ["<h3>Where the methods disagree most</h3>",
