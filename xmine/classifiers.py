@@ -55,6 +55,8 @@ class LabelClassifiers(nn.Module):
         self.sparse_table = nn.EmbeddingBag(hash_buckets, 1, mode="sum") if self.use_sparse else None
         if self.sparse_table is not None:
             nn.init.zeros_(self.sparse_table.weight)
+        # labels from this id on were added after training (xmine.labels): the hashed table has nothing for them
+        self.sparse_trained_labels: int | None = None
 
     def init_dense(self, label_embeddings: np.ndarray) -> None:
         """NGAME: each classifier starts as its label's normalised encoder embedding."""
@@ -91,7 +93,10 @@ class LabelClassifiers(nn.Module):
         if self.use_sparse:
             if sparse_x is None:
                 raise XmineError("these classifiers need sparse features")
-            out = out + self._sparse_scores(sparse_x, candidates)
+            sparse = self._sparse_scores(sparse_x, candidates)
+            if self.sparse_trained_labels is not None and self.sparse_trained_labels < self.n_labels:
+                sparse = sparse * torch.from_numpy(candidates < self.sparse_trained_labels).to(sparse.device)
+            out = out + sparse
         return out
 
     def _sparse_scores(self, sparse_x: sp.csr_matrix, candidates: np.ndarray) -> torch.Tensor:

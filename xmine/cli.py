@@ -8,6 +8,7 @@
   xmine evaluate --data DIR --pred PRED.npz [--json] [--by-frequency]
   xmine report --data DIR --pred NAME=PRED.npz [--pred ...] [--model M] --out report.html
   xmine demo          (train, predict and evaluate on the bundled HPO dataset)
+  xmine labels add|disable|enable --model MODEL_DIR (--labels FILE | --ids FILE)
 
 Configuration: defaults < --config FILE (JSON) < --set key.path=value < dedicated flags.
 """
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import scipy.sparse as sp
 
 from xmine import __version__
@@ -478,6 +480,47 @@ def add_serve_parser(sub: Any) -> None:
     srv.add_argument("--graceful-timeout-s", type=float, help="SIGTERM: time allowed to finish requests (default 30)")
     srv.add_argument("--access-log", action="store_true", default=None, help="log every request")
     srv.set_defaults(func=cmd_serve)
+# ------------------------------------------------------------------------------------------ labels
+def cmd_labels(args: argparse.Namespace) -> int:
+    """Change a trained model's label set in place (the directory is swapped atomically)."""
+    from xmine import labels
+    from xmine.models import load_model
+
+    model = load_model(args.model)
+    if args.labels_command == "add":
+        texts, ids = labels.read_label_file(args.labels)
+        new = labels.add_labels(model, texts, ids if any(i is not None for i in ids) else None)
+        done = f"added {len(new)} labels (ids {new[0]}..{new[-1]})"
+    else:
+        items = labels.read_id_file(args.ids)
+        if not items:
+            raise XmineError(f"{args.ids}: no label ids (the file is empty)")
+        resolved = labels.resolve_labels(model, items, source=args.ids)
+        change = labels.disable_labels if args.labels_command == "disable" else labels.enable_labels
+        change(model, resolved.tolist())
+        done = f"{args.labels_command}d {len(np.unique(resolved))} labels"
+    labels.update_model_dir(model, args.model)
+    state = labels.label_state(model)
+    print(f"{done}; {args.model}: {model.n_labels} labels ({state.n_added} added after training, "
+          f"{len(state.disabled)} disabled)")
+    return 0
+
+
+def add_labels_parser(sub: Any) -> None:
+    cmd = sub.add_parser("labels", help="add labels to a trained NGAME model by text, disable or enable labels",
+                         description="Change a trained model's label set without retraining (docs/new-labels.md).")
+    labels_sub = cmd.add_subparsers(dest="labels_command", required=True)
+    add = labels_sub.add_parser("add", help="add labels by text (NGAME)")
+    add.add_argument("--model", required=True, help="model directory (updated in place, atomically)")
+    add.add_argument("--labels", required=True, help="UTF-8 file, one label per line: `text`, or `id<TAB>text` "
+                     "on every line")
+    for name, what in (("disable", "stop labels from being predicted (reversible)"),
+                       ("enable", "let disabled labels be predicted again")):
+        p = labels_sub.add_parser(name, help=what)
+        p.add_argument("--model", required=True, help="model directory (updated in place, atomically)")
+        p.add_argument("--ids", required=True, help="file with one label per line: a label id given when it was "
+                       "added (or a label name of the model), or a label index")
+    cmd.set_defaults(func=cmd_labels)
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -633,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     add_serve_parser(sub)
+    add_labels_parser(sub)
     return parser
 
 

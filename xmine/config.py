@@ -430,6 +430,19 @@ class KNNConfig(Params):
 
 
 @dataclass
+class NewLabelsConfig(Params):
+    """Labels added to a trained model by text (xmine.labels); stored with the model's label state.
+
+    scores: how a new label is scored against the trained ones. "rank": it takes the place among a point's
+    trained candidates that its encoder score gives it; "impute": the sources that need training data
+    (classifier, TF-IDF neighbours, sparse ranker) take, per point, the scores of the trained candidate nearest
+    in encoder score, then the fusion runs; "as_is": the fusion of the raw scores (no neighbour vote, the
+    ranker's untrained bias)."""
+
+    scores: Literal["rank", "impute", "as_is"] = "rank"
+
+
+@dataclass
 class NGAMEConfig(Params):
     """NGAME: stage 1 (Siamese encoder, negative-mining-aware batches), stage 2 (per-label
     classifiers on an ANN shortlist) and score fusion."""

@@ -92,6 +92,18 @@ class LabelIndex:
         scores[ids < 0] = -np.inf
         return scores, ids
 
+    def with_added(self, vectors: np.ndarray) -> LabelIndex:
+        """A copy of this index with `vectors` appended (ids size, size+1, ...); this one is unchanged, so
+        searches running on it are not disturbed. IVF kinds put the vectors in their existing lists."""
+        vectors = _as_float32_matrix(vectors, "vectors")
+        if vectors.shape[1] != self.dim:
+            raise XmineError(f"vector dimension {vectors.shape[1]} does not match the index dimension {self.dim}")
+        index = faiss.clone_index(self._index)
+        if self.kind == "hnsw":
+            index.hnsw.efSearch = self._index.hnsw.efSearch
+        index.add(vectors)
+        return LabelIndex(index, self.config, self.kind)
+
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ score(x, l) = b_l + sum_f x_f * W[l, f], computed for candidate pairs only. Weig
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -128,6 +129,19 @@ class SparseRanker:
         weights = sp.csr_matrix((np.concatenate(trip_w), (np.concatenate(trip_l), np.concatenate(trip_f))),
                                 shape=(n_labels, features.shape[1]))
         return cls(weights, bias, config)
+
+    def with_labels(self, n_labels: int) -> SparseRanker:
+        """This ranker over `n_labels` labels: the ones beyond its own have no weights and UNTRAINED_BIAS
+        (labels added after training). The weight arrays are shared, not copied."""
+        if n_labels < self.n_labels:
+            raise XmineError(f"cannot shrink a ranker from {self.n_labels} to {n_labels} labels")
+        new = copy.copy(self)
+        w, wt = self.weights, self._weights_t
+        new.weights = sp.csr_matrix((w.data, w.indices, np.concatenate([w.indptr, np.full(
+            n_labels - self.n_labels, w.indptr[-1], dtype=w.indptr.dtype)])), shape=(n_labels, self.n_features))
+        new._weights_t = sp.csr_matrix((wt.data, wt.indices, wt.indptr), shape=(self.n_features, n_labels))
+        new.bias = np.concatenate([self.bias, np.full(n_labels - self.n_labels, UNTRAINED_BIAS, dtype=np.float32)])
+        return new
 
     def score(self, sparse_x: sp.csr_matrix, candidates: np.ndarray, chunk: int = 512) -> np.ndarray:
         """Scores (n, C) of candidate labels (n, C); padding candidates (< 0) get UNTRAINED_BIAS."""

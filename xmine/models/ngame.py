@@ -31,6 +31,15 @@ from xmine.encoders import Encoder, build_encoder, load_encoder
 from xmine.errors import ModelError, XmineError
 from xmine.fusion import ScoreFusion, lookup_csr
 from xmine.index import LabelIndex
+from xmine.labels import (
+    fuse,
+    labels_api,
+    load_label_state,
+    prepare_candidates,
+    reads_labels,
+    save_label_state,
+    top_k_enabled,
+)
 from xmine.metrics import inverse_propensity
 from xmine.mining.mips import MIPSNegativeSampler
 from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_config
@@ -147,6 +156,7 @@ def _same_unseen_points(init_from: str | Path | None, config: NGAMEConfig) -> bo
     return same
 
 
+@labels_api
 class NGAME(XMCModel):
     method = "ngame"
 
@@ -360,6 +370,7 @@ class NGAME(XMCModel):
         return self.encoder.encode(texts)
 
     @torch.no_grad()
+    @reads_labels
     def predict(self, inputs: Any, k: int = 100, scores: ScoreKind = "fused", batch_size: int = 1024,
                 progress: bool = False) -> sp.csr_matrix:
         """Top-k labels per point as an (n, L) CSR score matrix, in batches of bounded memory.
@@ -386,15 +397,16 @@ class NGAME(XMCModel):
             part = inputs.select(slice(start, start + batch_size))
             emb = self.encoder.encode(part.texts)
             if scores == "encoder":
-                top_scores, top_ids = self.label_index.search(emb, min(k, self.n_labels))
+                top_scores, top_ids = top_k_enabled(self, emb, min(k, self.n_labels))
                 out.append(csr_from_topk(top_scores, top_ids, self.n_labels))
                 continue
             sparse_x = self.knn.featurizer.transform(part.texts, part.features) if self.knn is not None else None
             cand, source_scores = scorer(emb, sparse_x, use_classifier_index=True, classifier_sparse=uses_sparse)
+            cand, source_scores = prepare_candidates(self, cand, source_scores)
             if scores in ("classifier", "ranker"):
                 final = np.where(cand >= 0, source_scores[scores], -np.inf)
             else:
-                final = self.fusion.combine(source_scores, cand)
+                final = fuse(self, source_scores, cand)
             out.append(csr_row_topk(csr_from_topk(final, cand, self.n_labels), k))
         return stack_rows(out, self.n_labels)
 
@@ -403,6 +415,7 @@ class NGAME(XMCModel):
         return FUSED_SCORE_SCALES.get(mode, "higher is better")
 
     # ------------------------------------------------------------------ storage
+    @reads_labels
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.encoder.save(directory / "encoder")
@@ -421,7 +434,8 @@ class NGAME(XMCModel):
         atomic_write_text(directory / "history.json", json.dumps(self.history, indent=2, default=float))
         self.save_label_texts(directory)
         write_model_config(directory, self.method, self.config.to_dict(), self.n_labels,
-                           extra={"stages_trained": [1] + ([2] if self.classifiers is not None else [])})
+                           extra={"stages_trained": [1] + ([2] if self.classifiers is not None else []),
+                                  **save_label_state(self, directory)})
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> NGAME:
@@ -447,4 +461,5 @@ class NGAME(XMCModel):
         model = cls(config, encoder, label_embeddings, label_index, knn, classifiers, classifier_index, fusion,
                     history, ranker)
         model.load_label_texts(directory)
+        load_label_state(model, directory)
         return model

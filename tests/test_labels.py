@@ -1,0 +1,332 @@
+"""Adding and disabling labels in trained models (xmine.labels), on the small real HPO dataset with the tiny
+randomly initialised encoder: a tenth of the labels is hidden from training and added back by text."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from xmine.cli import main as cli_main
+from xmine.config import (
+    ClassifierConfig,
+    ClusterScheduleConfig,
+    EncoderConfig,
+    IndexConfig,
+    MIPSConfig,
+    MIPSMethodConfig,
+    NGAMEConfig,
+    SiameseConfig,
+)
+from xmine.data import Dataset, Split, load_dataset
+from xmine.errors import DataFormatError, XmineError
+from xmine.index import LabelIndex
+from xmine.labels import impute_new_label_scores, label_state, rank_new_labels, read_label_file, update_model_dir
+from xmine.models import NGAME, MIPSClassifier, load_model
+
+
+def _config(tiny_model_dir, **changes) -> NGAMEConfig:
+    schedule = ClusterScheduleConfig(unit="epoch", start=1, refresh_every=1, milestones=[1], sizes=[8])
+    config = NGAMEConfig(encoder=EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=32,
+                                               num_threads=2),
+                         siamese=SiameseConfig(epochs=3, batch_size=256, lr=3e-3, lr_embeddings=1e-2,
+                                               temperature=0.1, schedule=schedule),
+                         classifier=ClassifierConfig(epochs=1, shortlist_size=30, hash_buckets=1 << 16))
+    return config.replace(**changes)
+
+
+def _hide(ds: Dataset, hidden: np.ndarray) -> Dataset:
+    kept = np.setdiff1d(np.arange(ds.n_labels), hidden)
+    return Dataset(ds.path, Split(sp.csr_matrix(ds.train.labels[:, kept]), ds.train.texts),
+                   Split(sp.csr_matrix(ds.test.labels[:, kept]), ds.test.texts), len(kept),
+                   [ds.label_texts[i] for i in kept], ds.text_variant, ds.layout)
+
+
+@pytest.fixture(scope="module")
+def ds(small_hpo):
+    return load_dataset(small_hpo)
+
+
+@pytest.fixture(scope="module")
+def hidden(ds) -> np.ndarray:
+    seen = np.flatnonzero(np.asarray(ds.train.labels.sum(0)).ravel() > 0)
+    return np.sort(np.random.default_rng(0).choice(seen, len(seen) // 10, replace=False))
+
+
+@pytest.fixture(scope="module")
+def trained_dir(ds, hidden, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("labels-ngame")
+    NGAME.train(_hide(ds, hidden), _config(tiny_model_dir), progress=False).save(out)
+    return out
+
+
+@pytest.fixture()
+def model(trained_dir) -> NGAME:
+    return load_model(trained_dir)
+
+
+def _top(pred: sp.csr_matrix, k: int) -> list[list[int]]:
+    out = []
+    for i in range(pred.shape[0]):
+        row = pred[i]
+        out.append(list(row.indices[np.argsort(-row.data, kind="stable")][:k]))
+    return out
+
+
+def test_added_labels_are_predicted_for_a_text_that_names_them(model, ds, hidden):
+    texts = [ds.label_texts[i] for i in hidden]
+    n_before = model.n_labels
+    ids = model.add_labels(texts)
+    assert list(ids) == list(range(n_before, n_before + len(texts))) and model.n_labels == n_before + len(texts)
+    # each new label, predicted for its own text: the encoder alone puts it first (a Siamese encoder embeds the
+    # same text to the same vector); fused, it must still be among the top 5 for most labels
+    for scores, k, share in (("encoder", 1, 0.95), ("fused", 5, 0.8)):
+        top = _top(model.predict(texts, k=k, scores=scores), k)
+        found = np.mean([label in row for label, row in zip(ids, top, strict=True)])
+        assert found >= share, (scores, found)
+    for kind in ("classifier", "ranker"):  # every score kind runs over the grown label set
+        assert model.predict(texts[:5], k=10, scores=kind).shape == (5, model.n_labels)
+
+
+def test_new_labels_rank_higher_than_with_their_raw_scores(model, ds, hidden):
+    """The fusion reads a new label's missing neighbour votes and ranker weights as evidence against it; placed
+    by encoder rank (the default) or with imputed scores, new labels rank higher for the texts that name them."""
+    texts = [ds.label_texts[i] for i in hidden]
+    ids = model.add_labels(texts)
+
+    def mean_rank() -> float:
+        pred = model.predict(texts, k=50)
+        ranks = [row.index(label) if label in row else 50 for label, row in zip(ids, _top(pred, 50), strict=True)]
+        return float(np.mean(ranks))
+
+    ranks = {}
+    for policy in ("rank", "impute", "as_is"):
+        label_state(model).config = label_state(model).config.replace(scores=policy)
+        ranks[policy] = mean_rank()
+    assert ranks["rank"] < ranks["as_is"] and ranks["impute"] < ranks["as_is"], ranks
+
+
+def test_save_load_keeps_added_labels_and_reports_them(model, ds, hidden, tmp_path):
+    texts = [ds.label_texts[i] for i in hidden[:20]]
+    model.add_labels(texts, ids=[f"NEW:{i}" for i in range(20)])
+    model.disable_labels(["NEW:3", 0])
+    model.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["labels_added_after_training"] == 20 and meta["labels_disabled"] == 2
+    assert meta["n_labels"] == model.n_labels
+    again = load_model(tmp_path / "m")
+    assert again.n_labels == model.n_labels
+    assert label_state(again).added_ids == label_state(model).added_ids
+    for scores in ("fused", "encoder", "classifier"):
+        a, b = model.predict(ds.test.texts[:50], k=10, scores=scores), again.predict(ds.test.texts[:50], k=10,
+                                                                                   scores=scores)
+        assert (a != b).nnz == 0, scores
+    again.enable_labels(["NEW:3", "0"])
+    again.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["labels_disabled"] == 0
+
+
+def test_disabled_labels_never_appear_and_enabling_restores_them(model, ds, hidden):
+    model.add_labels([ds.label_texts[i] for i in hidden[:10]])
+    texts = ds.test.texts[:100]
+    before = {kind: model.predict(texts, k=10, scores=kind) for kind in ("fused", "encoder", "classifier", "ranker")}
+    # the labels predicted most often, one new label among them
+    counts = np.bincount(before["fused"].indices, minlength=model.n_labels)
+    off = np.union1d(np.argsort(-counts)[:30], [model.n_labels - 1])
+    model.disable_labels(off.tolist())
+    for kind, pred in before.items():
+        after = model.predict(texts, k=10, scores=kind)
+        assert not np.isin(after.indices, off).any(), kind
+        assert (np.diff(after.indptr) > 0).all()
+        assert (np.diff(pred.indptr) > 0).all()
+    model.enable_labels(off.tolist())
+    for kind, pred in before.items():
+        assert (model.predict(texts, k=10, scores=kind) != pred).nnz == 0, kind
+
+
+def test_bad_labels_give_clear_errors(model):
+    with pytest.raises(XmineError, match="empty"):
+        model.add_labels(["a label", "  "])
+    with pytest.raises(XmineError, match="one string"):
+        model.add_labels("a label")
+    model.add_labels(["first"], ids=["X:1"])
+    with pytest.raises(XmineError, match="already in the model"):
+        model.add_labels(["second"], ids=["X:1"])
+    with pytest.raises(XmineError, match="outside"):
+        model.disable_labels([model.n_labels])
+    with pytest.raises(XmineError, match="unknown label id"):
+        model.disable_labels(["X:2"])
+
+
+def test_stage1_only_model_takes_new_labels(ds, hidden, tiny_model_dir, tmp_path):
+    model = NGAME.train(_hide(ds, hidden), _config(tiny_model_dir, stages=[1]), progress=False)
+    texts = [ds.label_texts[i] for i in hidden]
+    ids = model.add_labels(texts)
+    top = _top(model.predict(texts, k=1), 1)
+    assert np.mean([label in row for label, row in zip(ids, top, strict=True)]) >= 0.95
+    model.save(tmp_path / "s1")
+    assert load_model(tmp_path / "s1").n_labels == model.n_labels
+
+
+def test_mips_model_refuses_new_labels_clearly(ds, tiny_model_dir):
+    config = MIPSMethodConfig(encoder=EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=32,
+                                                    num_threads=2),
+                              classifier=ClassifierConfig(epochs=1, hash_buckets=1 << 16, finetune_encoder=False),
+                              mips=MIPSConfig(mips_negatives=5, uniform_negatives=20))
+    model = MIPSClassifier.train(ds, config, progress=False)
+    from xmine.labels import add_labels
+
+    with pytest.raises(XmineError, match="NGAME"):
+        add_labels(model, ["a new label"])
+
+
+def test_hnsw_and_ivf_indexes_take_added_vectors():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(640, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # inner product = cosine: each vector's best is itself
+    base, extra = vectors[:600], vectors[600:]
+    for kind in ("exact", "hnsw", "ivf"):
+        index = LabelIndex.build(base, IndexConfig(kind=kind, exact_below=0, nprobe=64))
+        grown = index.with_added(extra)
+        assert index.size == 600 and grown.size == 640
+        _, ids = grown.search(extra, 1)
+        assert np.mean(ids[:, 0] == np.arange(600, 640)) >= 0.9, kind  # each added vector finds itself
+
+
+def test_imputation_matches_a_plain_loop():
+    rng = np.random.default_rng(1)
+    cand = rng.integers(-1, 30, size=(40, 12))
+    cand[5] = -1  # a point without candidates
+    cand[6] = np.where(cand[6] >= 0, 25 + cand[6] % 5, -1)  # a point with new labels only
+    scores = {name: rng.normal(size=cand.shape).astype(np.float32) for name in ("encoder", "classifier", "ranker")}
+    out = impute_new_label_scores(cand, scores, n_trained=25)
+    for i in range(cand.shape[0]):
+        trained = [j for j in range(cand.shape[1]) if 0 <= cand[i, j] < 25]
+        for j in range(cand.shape[1]):
+            expect = {name: scores[name][i, j] for name in scores}
+            if cand[i, j] >= 25 and trained:
+                gaps = [abs(float(scores["encoder"][i, t]) - float(scores["encoder"][i, j])) for t in trained]
+                nearest = trained[int(np.argmin(gaps))]
+                expect = {name: scores[name][i, nearest] for name in scores}
+                expect["encoder"] = scores["encoder"][i, j]
+            for name in scores:
+                assert out[name][i, j] == pytest.approx(expect[name]), (i, j, name)
+
+
+def test_rank_placement_matches_a_plain_loop():
+    rng = np.random.default_rng(2)
+    cand = rng.integers(-1, 30, size=(30, 10))
+    cand[4] = np.where(cand[4] >= 0, 25 + cand[4] % 5, -1)  # new labels only: left as fused
+    fused, enc = rng.normal(size=cand.shape), rng.normal(size=cand.shape).astype(np.float32)
+    out = rank_new_labels(cand, fused, enc, n_trained=25)
+    for i in range(cand.shape[0]):
+        trained = [j for j in range(cand.shape[1]) if 0 <= cand[i, j] < 25]
+        for j in range(cand.shape[1]):
+            if 0 <= cand[i, j] < 25 or cand[i, j] < 0 or not trained:
+                assert out[i, j] == fused[i, j]
+                continue
+            above = sum(enc[i, t] > enc[i, j] for t in trained)
+            order = sorted((fused[i, t] for t in trained), reverse=True)
+            # placed just above the trained candidate at fused rank `above`, or below them all
+            assert sum(out[i, t] > out[i, j] for t in trained) == above
+            assert abs(out[i, j] - order[min(above, len(order) - 1)]) < 1e-4
+
+
+def test_concurrent_adds_and_predictions_see_whole_states(trained_dir, ds, hidden):
+    """Predictions running while labels are added each match the model before or after an add, never a mix."""
+    texts = ds.test.texts[:40]
+    batches = [[ds.label_texts[i] for i in part] for part in np.array_split(hidden[:60], 6)]
+    reference = load_model(trained_dir)
+    expected = {reference.n_labels: reference.predict(texts, k=10)}
+    for batch in batches:
+        reference.add_labels(batch)
+        expected[reference.n_labels] = reference.predict(texts, k=10)
+    model = load_model(trained_dir)
+    seen: list[sp.csr_matrix] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def predict_loop() -> None:
+        try:
+            while not stop.is_set():
+                seen.append(model.predict(texts, k=10, batch_size=8))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=predict_loop) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for batch in batches:
+            model.add_labels(batch)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    assert not errors, errors
+    assert len(seen) >= 2
+    for pred in seen:
+        assert pred.shape[1] in expected
+        assert (pred != expected[pred.shape[1]]).nnz == 0
+
+
+def test_cli_add_disable_enable(trained_dir, tmp_path, capsys):
+    model_dir = tmp_path / "m"
+    load_model(trained_dir).save(model_dir)
+    n = load_model(model_dir).n_labels
+    labels = tmp_path / "new.tsv"
+    labels.write_text("NEW:1\tcongenital absence of the left thumb\nNEW:2\tlong description: a rare "
+                      "syndrome of the skin, with scaly patches\n")
+    assert cli_main(["labels", "add", "--model", str(model_dir), "--labels", str(labels)]) == 0
+    ids = tmp_path / "off.txt"
+    ids.write_text("NEW:2\n3\n")
+    assert cli_main(["labels", "disable", "--model", str(model_dir), "--ids", str(ids)]) == 0
+    meta = json.loads((model_dir / "config.json").read_text())
+    assert meta["n_labels"] == n + 2 and meta["labels_added_after_training"] == 2 and meta["labels_disabled"] == 2
+    assert list(label_state(load_model(model_dir)).disabled) == [3, n + 1]
+    assert cli_main(["labels", "enable", "--model", str(model_dir), "--ids", str(ids)]) == 0
+    assert json.loads((model_dir / "config.json").read_text())["labels_disabled"] == 0
+    capsys.readouterr()
+    for content, problem in (("a\tb\nplain\n", "line 2: mixes"), ("one\n\nthree\n", "line 2: empty label text"),
+                             ("NEW:1\tagain\n", "already in the model"), ("", "empty")):
+        labels.write_text(content)
+        assert cli_main(["labels", "add", "--model", str(model_dir), "--labels", str(labels)]) == 1
+        assert problem in capsys.readouterr().err
+    ids.write_text("NEW:1\nNOPE\n")
+    assert cli_main(["labels", "disable", "--model", str(model_dir), "--ids", str(ids)]) == 1
+    assert f"{ids}, line 2: unknown label id 'NOPE'" in capsys.readouterr().err
+    assert load_model(model_dir).n_labels == n + 2  # failed commands changed nothing
+
+
+def test_a_crash_while_saving_leaves_the_old_model(trained_dir, tmp_path, monkeypatch):
+    model_dir = tmp_path / "m"
+    load_model(trained_dir).save(model_dir)
+    model = load_model(model_dir)
+    model.add_labels(["a new label"])
+    real_save = NGAME.save
+
+    def crashing_save(self, directory):
+        real_save(self, directory)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(NGAME, "save", crashing_save)
+    with pytest.raises(OSError):
+        update_model_dir(model, model_dir)
+    assert load_model(model_dir).n_labels == model.n_labels - 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_label_file_formats(tmp_path):
+    path = tmp_path / "l.txt"
+    path.write_text("Abnormality of the thumb\nA long text, with commas; and more words\n")
+    assert read_label_file(path) == (["Abnormality of the thumb", "A long text, with commas; and more words"],
+                                     [None, None])
+    path.write_bytes(b"\xff\xfe bad")
+    with pytest.raises(DataFormatError, match="UTF-8"):
+        read_label_file(path)
+    path.write_text("a\tb\tc\n")
+    with pytest.raises(DataFormatError, match="line 1: 2 tabs"):
+        read_label_file(path)
