@@ -120,6 +120,7 @@ def test_save_load_keeps_added_labels_and_reports_them(model, ds, hidden, tmp_pa
     again = load_model(tmp_path / "m")
     assert again.n_labels == model.n_labels
     assert label_state(again).added_ids == label_state(model).added_ids
+    assert again.label_texts is not None and again.label_texts[-20:] == texts  # labels.jsonl lists them
     for scores in ("fused", "encoder", "classifier"):
         a, b = model.predict(ds.test.texts[:50], k=10, scores=scores), again.predict(ds.test.texts[:50], k=10,
                                                                                    scores=scores)
@@ -162,7 +163,8 @@ def test_bad_labels_give_clear_errors(model):
 
 
 def test_stage1_only_model_takes_new_labels(ds, hidden, tiny_model_dir, tmp_path):
-    model = NGAME.train(_hide(ds, hidden), _config(tiny_model_dir, stages=[1]), progress=False)
+    model = NGAME.train(_hide(ds, hidden), _config(tiny_model_dir, stages=[1]).replace(
+        siamese=SiameseConfig(epochs=1, batch_size=256, lr=3e-3, temperature=0.1)), progress=False)
     texts = [ds.label_texts[i] for i in hidden]
     ids = model.add_labels(texts)
     top = _top(model.predict(texts, k=1), 1)
@@ -330,3 +332,66 @@ def test_label_file_formats(tmp_path):
     path.write_text("a\tb\tc\n")
     with pytest.raises(DataFormatError, match="line 1: 2 tabs"):
         read_label_file(path)
+
+
+def test_served_model_reloads_on_post_and_sighup_without_mixing_models(trained_dir, ds, hidden, tmp_path):
+    import signal
+    import time
+
+    import httpx
+    from test_serve import Server, as_json, post
+
+    model_dir = tmp_path / "m"
+    load_model(trained_dir).save(model_dir)
+    old = load_model(model_dir)
+    names = [ds.label_texts[i] for i in hidden[:6]]
+    srv = Server(model_dir, "--max-wait-ms", "5")
+    try:
+        answers: list = []
+        stop = threading.Event()
+
+        def ask() -> None:  # requests in flight while the model directory changes and the server reloads
+            with httpx.Client() as client:
+                while not stop.is_set():
+                    answers.append(post(srv.url, {"inputs": names, "k": 3}, client).json()["predictions"])
+
+        threads = [threading.Thread(target=ask) for _ in range(3)]
+        for t in threads:
+            t.start()
+        new_labels = tmp_path / "new.txt"
+        new_labels.write_text("\n".join(names) + "\n")
+        assert cli_main(["labels", "add", "--model", str(model_dir), "--labels", str(new_labels)]) == 0
+        reply = httpx.post(srv.url + "/reload", timeout=120)
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["labels_added_after_training"] == 6 and reply.json()["model_generation"] == 2
+        new = load_model(model_dir)
+        expect_old, expect_new = as_json(old.predict_labels(names, k=3)), as_json(new.predict_labels(names, k=3))
+        assert expect_old != expect_new  # the new labels are predicted for their own texts
+        assert answers and all(a in (expect_old, expect_new) for a in answers)
+        assert post(srv.url, {"inputs": names, "k": 3}).json()["predictions"] == expect_new
+        info = httpx.get(srv.url + "/info").json()
+        assert info["n_labels"] == new.n_labels and info["labels_added_after_training"] == 6
+
+        # SIGHUP reloads too: a disabled label disappears from the answers
+        off = tmp_path / "off.txt"
+        off.write_text(f"{new.n_labels - 1}\n")
+        assert cli_main(["labels", "disable", "--model", str(model_dir), "--ids", str(off)]) == 0
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 120
+        while httpx.get(srv.url + "/info").json()["labels_disabled"] != 1:
+            assert time.monotonic() < deadline, "".join(srv.lines)
+            time.sleep(0.2)
+        got = post(srv.url, {"inputs": names, "k": 3}).json()["predictions"]
+        assert all(p["id"] != new.n_labels - 1 for row in got for p in row)
+
+        # a directory that no longer loads: 500, and the previous model keeps serving
+        (model_dir / "config.json").write_text("{broken")
+        reply = httpx.post(srv.url + "/reload", timeout=120)
+        assert reply.status_code == 500 and "previous model keeps serving" in reply.json()["error"]
+        assert post(srv.url, {"inputs": names, "k": 3}).json()["predictions"] == got
+    finally:
+        srv.stop()

@@ -5,6 +5,7 @@
     GET  /health   200 when the model is loaded, 503 while loading (or when loading failed)
     GET  /info     method, version, labels, model directory, score scale, limits
     GET  /metrics  Prometheus text format
+    POST /reload   load the model directory again (e.g. after `xmine labels add`) and swap it in; also SIGHUP
     GET  /docs     OpenAPI (Swagger UI); /openapi.json
 
 The parts, outside in:
@@ -120,6 +121,19 @@ def load_for_serving(directory: str | Path) -> LoadedModel:
     model.predict_labels(["warm-up"], k=1)
     return LoadedModel(model=model, directory=Path(directory).resolve(), method=model.method,
                        n_labels=int(model.n_labels))
+
+
+def reload_model(holder: ModelHolder, directory: str | Path, lock: threading.Lock) -> LoadedModel:
+    """Load `directory` again beside the served model and swap it in (xmine labels add/disable change a model
+    directory in place). Batches running on the old model finish on it; the next batch uses the new one. A
+    failed load raises and leaves the old model serving. `lock` serialises reloads."""
+    with lock:
+        start = time.perf_counter()
+        loaded = load_for_serving(directory)
+        holder.swap(loaded)
+        log.info("model %s reloaded (%d labels, generation %d) in %.1fs", loaded.directory, loaded.n_labels,
+                 loaded.generation, time.perf_counter() - start)
+        return loaded
 
 
 # --------------------------------------------------------------------------------------------------- metrics
@@ -334,6 +348,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, holder:
     metrics = ServeMetrics()
     batcher = DynamicBatcher(holder, config.max_batch_texts, config.max_wait_ms, metrics)
     state = {"in_flight": 0}
+    reload_lock = threading.Lock()
 
     async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
         batcher.start()
@@ -361,6 +376,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, holder:
     app = FastAPI(title="xmine", version=__version__, lifespan=lifespan,
                   description="Extreme multi-label classification: texts in, ranked labels out.")
     app.state.holder, app.state.batcher, app.state.metrics, app.state.config = holder, batcher, metrics, config
+    app.state.reload = lambda: reload_model(holder, model_dir, reload_lock)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
     def error_response(status: int, message: str, details: list[Any] | None = None,
@@ -456,6 +472,20 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, holder:
             state["in_flight"] -= 1
             metrics.in_flight.dec()
 
+    @app.post("/reload", responses={500: {"description": "the model directory could not be loaded; the old model "
+                                                         "keeps serving"}})
+    async def reload() -> JSONResponse:
+        """Load the model directory again and swap it in between batches (requests in flight are answered by the
+        old model or the new one, never a mix). Answers when the new model serves."""
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(None, app.state.reload)
+        except Exception as exc:  # noqa: BLE001 - the old model keeps serving; the client gets the reason
+            message = str(exc) if isinstance(exc, XmineError) else f"{type(exc).__name__}: {exc}"
+            log.error("reloading %s failed: %s", model_dir, message)
+            return error_response(500, f"reload failed, the previous model keeps serving: {message}")
+        return JSONResponse({"status": "ok", "model_generation": loaded.generation, "n_labels": loaded.n_labels,
+                             **_label_counts(loaded.model)})
+
     @app.get("/health")
     async def health() -> JSONResponse:
         """200 when a model is loaded and answering; 503 while loading or after a failed load."""
@@ -478,7 +508,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, holder:
             body.update({"method": loaded.method, "n_labels": loaded.n_labels,
                          "has_label_texts": loaded.model.label_texts is not None,
                          "score_scale": loaded.model.score_scale(), "model_generation": loaded.generation,
-                         "loaded_at": loaded.loaded_at})
+                         "loaded_at": loaded.loaded_at, **_label_counts(loaded.model)})
         body["limits"] = {"max_texts_per_request": config.max_texts_per_request,
                           "max_chars_per_text": config.max_chars_per_text, "max_body_bytes": config.max_body_bytes,
                           "max_concurrent_requests": config.max_concurrent_requests, "default_k": config.default_k,
@@ -493,6 +523,20 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, holder:
         return Response(payload, media_type=content_type)
 
     return app
+
+
+def _reload_logged(app: Any) -> None:
+    try:
+        app.state.reload()
+    except Exception as exc:  # noqa: BLE001 - a signal has no caller to tell: logged, the old model serves on
+        log.error("reload on SIGHUP failed, the previous model keeps serving: %s", exc)
+
+
+def _label_counts(model: Any) -> dict[str, int]:
+    """Labels added after training and disabled (xmine.labels), for /info and /reload."""
+    state = model.__dict__.get("label_state")
+    return {"labels_added_after_training": state.n_added if state is not None else 0,
+            "labels_disabled": int(len(state.disabled)) if state is not None else 0}
 
 
 # ------------------------------------------------------------------------------------------------------- run
@@ -519,10 +563,14 @@ def serve(model_dir: str | Path, config: ServeConfig | None = None) -> int:
     # uvicorn drains on SIGTERM and then re-raises the signal so that the default action (death by signal)
     # follows; a handler of our own makes that last step a no-op and a drained shutdown exits 0
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # SIGHUP: reload the model directory (as POST /reload), in a thread so that the server keeps answering
+    previous_hup = signal.signal(signal.SIGHUP, lambda signum, frame: threading.Thread(
+        target=_reload_logged, args=(app,), name="xmine-reload", daemon=True).start())
     try:
         server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
     if failed:
         raise XmineError(f"the model could not be loaded: {failed[0]}")
     return 0
