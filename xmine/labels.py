@@ -481,11 +481,12 @@ def rank_new_labels(candidates: np.ndarray, fused: np.ndarray, encoder: np.ndarr
     out = fused.astype(np.float64, copy=True)
     has = n_tr[rows] > 0
     at = np.minimum(above, np.maximum(n_tr[rows] - 1, 0))
-    anchor = ranked[rows, at]
+    ok = has & np.isfinite(ranked[rows, at])
+    anchor = np.where(ok, ranked[rows, at], 0.0)
     step = 1e-6 * (1.0 + np.abs(anchor))
     # a tie-break by encoder score keeps several new labels at one place in encoder order
     value = np.where(above < n_tr[rows], anchor + step, anchor - step) + 1e-9 * encoder[new]
-    out[new] = np.where(has & np.isfinite(anchor), value, out[new])
+    out[new] = np.where(ok, value, out[new])
     return out
 
 
