@@ -651,3 +651,15 @@ def test_jsonl_target_implausibly_large(tmp_path: Path) -> None:
         '{"title": "a", "target_ind": [1]}\n{"title": "b", "target_ind": [1' + "0" * 30 + "]}\n",
     )
     _assert_bad(read_jsonl, p, 2, "implausibly large")
+
+
+def test_bad_arguments_to_the_data_layer_are_xmine_errors(tmp_path, small_hpo):
+    from xmine.errors import XmineError
+
+    with pytest.raises(XmineError, match="text_variant must be 'full' or 'title', got 'titles'"):
+        load_dataset(small_hpo, text_variant="titles")
+    with pytest.raises(XmineError, match="non-finite"):
+        write_sparse_matrix(tmp_path / "m.txt", sp.csr_matrix(np.array([[np.nan, 1.0]])))
+    with pytest.raises(XmineError, match="X has 2 rows but Y has 1"):
+        write_single_file(tmp_path / "d.txt", sp.csr_matrix(np.ones((2, 3))), sp.csr_matrix(np.ones((1, 2))))
+    assert not (tmp_path / "m.txt").exists() and not (tmp_path / "d.txt").exists()

@@ -21,6 +21,11 @@ class DataFormatError(XmineError):
         super().__init__(f"{where}: {problem}")
 
 
+class InvalidArgumentError(XmineError, ValueError):
+    """A function was called with a value outside its domain (a bad option name, mismatched shapes). A ValueError
+    too, for callers that catch those."""
+
+
 class ConfigError(XmineError):
     """A configuration value is invalid or unknown."""
 

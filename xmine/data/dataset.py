@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from xmine.data.sparse import read_filter_pairs, read_single_file, read_sparse_matrix
 from xmine.data.text import read_jsonl, read_text_lines
-from xmine.errors import DataFormatError
+from xmine.errors import DataFormatError, InvalidArgumentError
 
 __all__ = ["Split", "Dataset", "load_dataset", "dataset_stats"]
 
@@ -55,7 +55,7 @@ class Dataset:
         if name == "train":
             return self.train
         if name != "test":
-            raise ValueError(f"split must be 'train' or 'test', got {name!r}")
+            raise InvalidArgumentError(f"split must be 'train' or 'test', got {name!r}")
         if self.test is None:
             raise DataFormatError(self.path, "has no test split (no tst_* files): it can be trained on, but "
                                   "predicting or evaluating a test split needs one")
@@ -306,9 +306,9 @@ def load_dataset(
     picks ``Y_def.txt`` (or JSON title + content) when available. ``filter_labels_{train,test}.txt``
     become the splits' ``filter_pairs``."""
     if text_variant not in ("full", "title"):
-        raise ValueError(f"text_variant must be 'full' or 'title', got {text_variant!r}")
+        raise InvalidArgumentError(f"text_variant must be 'full' or 'title', got {text_variant!r}")
     if label_text_variant not in ("name", "def"):
-        raise ValueError(f"label_text_variant must be 'name' or 'def', got {label_text_variant!r}")
+        raise InvalidArgumentError(f"label_text_variant must be 'name' or 'def', got {label_text_variant!r}")
     d = Path(path)
     if not d.exists():
         raise DataFormatError(d, "dataset directory not found")

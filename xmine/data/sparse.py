@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmine.data.text import atomic_write_bytes, read_bytes
-from xmine.errors import DataFormatError
+from xmine.errors import DataFormatError, InvalidArgumentError
 
 __all__ = [
     "read_sparse_matrix",
@@ -639,13 +639,13 @@ def _canonical_csr(matrix: sp.spmatrix | sp.sparray, fmt: str) -> sp.csr_matrix:
         m = m.copy()
         m.sum_duplicates()  # sorts too; the reader rejects duplicate indices
     if m.nnz and not np.isfinite(m.data).all():
-        raise ValueError("matrix has non-finite values, which the format cannot hold")
+        raise InvalidArgumentError("matrix has non-finite values, which the format cannot hold")
     try:
         probe = fmt % 1.5
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"bad value format {fmt!r}: {exc}") from None
+        raise InvalidArgumentError(f"bad value format {fmt!r}: {exc}") from None
     if not _VALUE_RE.fullmatch(probe.encode("ascii", "replace")):
-        raise ValueError(f"value format {fmt!r} does not produce a plain number (got {probe!r})")
+        raise InvalidArgumentError(f"value format {fmt!r} does not produce a plain number (got {probe!r})")
     return m
 
 
@@ -667,7 +667,7 @@ def write_single_file(
     Xc = _canonical_csr(X, fmt)
     Yc = _canonical_csr(Y, fmt)
     if Xc.shape[0] != Yc.shape[0]:
-        raise ValueError(f"X has {Xc.shape[0]} rows but Y has {Yc.shape[0]}")
+        raise InvalidArgumentError(f"X has {Xc.shape[0]} rows but Y has {Yc.shape[0]}")
     feats = _format_rows(Xc.indptr, Xc.indices, Xc.data, fmt)
     labels = _format_rows(Yc.indptr, Yc.indices, None, fmt)
     # A row without labels starts with a space, which is how the reader tells "no labels" apart.

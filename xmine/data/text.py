@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from xmine.errors import DataFormatError
+from xmine.errors import DataFormatError, InvalidArgumentError
 
 __all__ = ["read_text_lines", "write_text_lines", "read_jsonl", "write_jsonl"]
 
@@ -319,12 +319,12 @@ def write_jsonl(
     n = len(titles)
     for name, seq in (("contents", contents), ("uids", uids)):
         if seq is not None and len(seq) != n:
-            raise ValueError(f"{name} has {len(seq)} entries, titles has {n}")
+            raise InvalidArgumentError(f"{name} has {len(seq)} entries, titles has {n}")
     Yc = None
     if Y is not None:
         Yc = sp.csr_matrix(Y)
         if Yc.shape[0] != n:
-            raise ValueError(f"Y has {Yc.shape[0]} rows, titles has {n}")
+            raise InvalidArgumentError(f"Y has {Yc.shape[0]} rows, titles has {n}")
         if not Yc.has_canonical_format:
             Yc = Yc.copy()
             Yc.sum_duplicates()
