@@ -70,7 +70,8 @@ def ngame(ds, tiny_model_dir, tmp_path_factory):
 
 
 def test_stage1_loss_falls_and_does_not_collapse(ngame):
-    model, _ = ngame
+    model, out = ngame
+    assert not (out / "checkpoints").exists()  # training finished: its checkpoints are gone
     history = model.history["stage1"]
     assert history[-1]["loss"] < history[0]["loss"] - 0.1
     # collapse = negatives as similar as positives; a healthy encoder keeps them apart
@@ -123,6 +124,7 @@ def test_fusion_keeps_a_combination_no_worse_than_its_sources_on_held_out_points
     assert selection[model.fusion.mode] >= max(selection.values()) - SELECTION_MARGIN
 
 
+@pytest.mark.slow  # a second NGAME training, both stages
 def test_some_fusion_points_are_kept_out_of_stage1_and_checked(ds, tiny_model_dir):
     from xmine.config import FusionConfig
     from xmine.models.ngame import fusion_holdout, stage1_unseen
@@ -156,6 +158,7 @@ def test_models_saved_with_the_old_holdout_flag_still_load(ngame):
     assert NGAMEConfig.from_dict(old).fusion.stage1_unseen_points == old["fusion"]["holdout_points"]
 
 
+@pytest.mark.slow  # three stage-1 trainings
 def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(ds, tiny_model_dir, tmp_path):
     full = _ngame_config(tiny_model_dir, epochs=4).replace(stages=[1])
     a = NGAME.train(ds, full, out_dir=tmp_path / "a", progress=False)
@@ -170,6 +173,7 @@ def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(ds, tiny_model_di
     assert np.allclose(a.label_embeddings, b.label_embeddings, atol=1e-5)
 
 
+@pytest.mark.slow  # a second stage-2 training
 def test_stage2_alone_starts_from_a_saved_stage1_model(ds, ngame, tiny_model_dir):
     _, out = ngame
     config = _ngame_config(tiny_model_dir).replace(stages=[2], ranker=RankerConfig(enabled=False))  # not under test
@@ -179,6 +183,7 @@ def test_stage2_alone_starts_from_a_saved_stage1_model(ds, ngame, tiny_model_dir
         NGAME.train(ds, config, progress=False)
 
 
+@pytest.mark.slow  # two stage-2 trainings
 def test_stage2_classifier_index_negatives_come_from_the_configured_index(ds, ngame, tiny_model_dir, monkeypatch):
     """`classifier.negatives_index` picks the index that NGAME stage 2 searches for its classifier-index
     negatives (HNSW above `exact_below` labels, exact below)."""
@@ -203,6 +208,7 @@ def test_stage2_classifier_index_negatives_come_from_the_configured_index(ds, ng
         assert built == [kind]
 
 
+@pytest.mark.slow  # two stage-2 trainings
 def test_ranker_trains_on_the_candidates_it_scores_at_prediction(ds, ngame, tiny_model_dir, monkeypatch):
     """The sparse ranker's training shortlist holds the classifier index's candidates as well (matcher-aware
     negatives): at prediction those candidates are scored by the ranker too, so it must have learnt to reject
