@@ -203,7 +203,10 @@ def _png(fig: Any) -> bytes:
 def _bucket_ticks(rows: list[dict[str, float]]) -> list[str]:
     last = len(rows) - 1
     return [f"{r['bucket']}{' head' if i == 0 else ' tail' if i == last else ''}\n"
-            f"freq {r['freq_min']}–{r['freq_max']}\n{r['labels']} labels" for i, r in enumerate(rows)]
+            f"{r['freq_min']}–{r['freq_max']}\n{r['labels']} labels" for i, r in enumerate(rows)]
+
+
+BUCKET_XLABEL = "bucket: training points per label, number of labels"
 
 
 def _grouped_bars(ax: Any, groups: list[str], methods: list[MethodScores], values: list[list[float]],
@@ -251,7 +254,8 @@ def figure_buckets(data: ReportData) -> bytes:
         _grouped_bars(ax, ticks, data.methods, [[r[key] for r in m.buckets] for m in data.methods], colors)
         ax.set_title(title, fontsize=11)
         ax.set_ylabel("%")
-        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel(BUCKET_XLABEL, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7.5)
     fig.suptitle(f"{data.dataset}: accuracy by training frequency of the labels, head (1) to tail "
                  f"({data.n_buckets}); equal training positives per bucket", fontsize=11)
     _legend(fig, axes[0], len(data.methods))
@@ -286,6 +290,7 @@ def figure_coverage(data: ReportData) -> bytes:
                   annotate=True)
     ax.set_ylabel(f"% of the bucket's test labels hit in some top {TOP}")
     ax.set_title(f"Label coverage: labels ever predicted correctly in a top {TOP}")
+    ax.set_xlabel(BUCKET_XLABEL, fontsize=9)
     ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
