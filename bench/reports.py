@@ -42,7 +42,8 @@ def saved_predictions(results: Path, key: str, all_kinds: bool = False) -> tuple
                 continue
             name = run["label"] if i == 0 else f"{run['label']} ({kind})"
             (ngame if run["label"] == "NGAME" else others).append((name, path))
-            if run["label"] == "NGAME" and i == 0:
+            # training curves only from the run that made these predictions (not from an older result)
+            if run["label"] == "NGAME" and i == 0 and run.get("prediction_files", {}).get(kind) == path.name:
                 history = run.get("history")
     return ngame + peers + others, history
 

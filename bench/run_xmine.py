@@ -128,8 +128,11 @@ def main() -> None:
                                         filter_pairs=ds.test.filter_pairs)
                          for kind, pred in run["predictions"].items()}
     result["peak_rss_mb"] = peak_rss_mb()
+    result["prediction_files"] = {}
     for kind, pred in run["predictions"].items():  # kept for bench/reports.py (xmine report)
-        save_predictions(Path(args.out).parent / "predictions" / f"{Path(args.out).stem}__{kind}.npz", pred)
+        path = Path(args.out).parent / "predictions" / f"{Path(args.out).stem}__{kind}.npz"
+        save_predictions(path, pred)
+        result["prediction_files"][kind] = path.name
     Path(args.out).write_text(json.dumps(result, indent=2, default=float))
     main_kind = next(iter(result["metrics"]))
     m = result["metrics"][main_kind]

@@ -224,7 +224,7 @@ def _grouped_bars(ax: Any, groups: list[str], methods: list[MethodScores], value
 
 def _legend(fig: Any, ax: Any, n: int) -> None:
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(n, 4), frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.legend(handles, labels, loc="lower center", ncol=min(n, 6), frameon=False, bbox_to_anchor=(0.5, -0.02))
 
 
 def figure_metrics(data: ReportData) -> bytes:
@@ -238,7 +238,7 @@ def figure_metrics(data: ReportData) -> bytes:
         ax.set_title(title)
         ax.set_ylabel("%")
     _legend(fig, axes[0], len(data.methods))
-    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(data.methods) - 1) // 4), 1, 1))
+    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(data.methods) - 1) // 6), 1, 1))
     return _png(fig)
 
 
@@ -259,7 +259,7 @@ def figure_buckets(data: ReportData) -> bytes:
     fig.suptitle(f"{data.dataset}: accuracy by training frequency of the labels, head (1) to tail "
                  f"({data.n_buckets}); equal training positives per bucket", fontsize=11)
     _legend(fig, axes[0], len(data.methods))
-    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(data.methods) - 1) // 4), 1, 1))
+    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(data.methods) - 1) // 6), 1, 1))
     return _png(fig)
 
 
@@ -343,7 +343,9 @@ def _stage_times(history: dict[str, Any]) -> dict[str, float]:
                  "stage 2: sparse ranker": float(history.get("ranker_seconds", 0.0)),
                  "stage 2: classifier epochs": float(sum(e.get("seconds", 0.0) for e in history.get("stage2", [])))}
         out.update({k: v for k, v in parts.items() if v > 0})
-        out["stage 2: rest (features, fusion)"] = max(0.0, float(history["stage2_seconds"]) - sum(parts.values()))
+        rest = float(history["stage2_seconds"]) - sum(parts.values())
+        if rest > 0.5:  # a resumed training counts only its own part in stage2_seconds
+            out["stage 2: rest (features, fusion)"] = rest
     if "epochs" in history:  # MIPS
         out["classifier epochs"] = float(sum(e.get("seconds", 0.0) for e in history["epochs"]))
         if "reindex_seconds" in history:
@@ -363,6 +365,7 @@ def _epoch_series(history: dict[str, Any]) -> list[tuple[str, list[dict[str, Any
 
 def figure_training(history: dict[str, Any]) -> bytes:
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
     series = _epoch_series(history)
     cos = next((epochs for _, epochs in series if "pos_cos" in epochs[0]), None)
     times = _stage_times(history)
@@ -381,6 +384,7 @@ def figure_training(history: dict[str, Any]) -> bytes:
         ax.set_title(f"{title}: training loss" + (f" ({loss_name})" if loss_name else ""))
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     if cos is not None:
         ax = flat.pop(0)
@@ -390,6 +394,7 @@ def figure_training(history: dict[str, Any]) -> bytes:
         ax.plot(ep, [e.get("gap", np.nan) for e in cos], label="gap", ls="--")
         ax.set_title("stage 1: mean in-batch cosine")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     if times:
