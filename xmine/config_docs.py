@@ -127,10 +127,16 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def _section(obj: Params, path: str, comments: dict[tuple[str, str], str], out: list[str]) -> None:
+def _section(obj: Params, path: str, comments: dict[tuple[str, str], str], out: list[str],
+             seen: set[type] | None = None, full_doc: bool = False) -> None:
     cls = type(obj)
-    doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0].replace("\n", " ")
-    out += [f"### `{path}` ({cls.__name__})" if path else f"### top level ({cls.__name__})", "", doc, "",
+    if seen is not None:
+        seen.add(cls)
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    doc = (doc if full_doc else doc.split("\n\n")[0]).replace("\n\n", "\0").replace("\n", " ").replace("\0", "\n\n")
+    title = cls.__name__ if path == cls.__name__ else f"`{path}` ({cls.__name__})" if path else \
+        f"top level ({cls.__name__})"
+    out += [f"### {title}", "", doc, "",
             "| key | type | default | what it is |", "|---|---|---|---|"]
     nested = []
     hints = typing.get_type_hints(cls)
@@ -145,19 +151,29 @@ def _section(obj: Params, path: str, comments: dict[tuple[str, str], str], out: 
             continue
         default = json.dumps(value)
         note = comments.get((cls.__name__, f.name), "").replace("|", "\\|")
+        if not note and full_doc and f"{f.name}:" in doc:
+            note = "described above"
         out.append(f"| `{key}` | {_type_name(hints[f.name])} | `{default}` | {note} |")
     out.append("")
     for value, key in nested:
-        _section(value, key, comments, out)
+        _section(value, key, comments, out, seen)
 
 
 def generate() -> str:
     """The generated block: per method, every section of its configuration."""
     comments = field_comments()
     out: list[str] = []
+    seen: set[type] = set()
     for method, cls in METHOD_CONFIGS.items():
         out += [f"## `--method {method}` ({cls.__name__})", ""]
-        _section(cls(), "", comments, out)
+        _section(cls(), "", comments, out, seen)
+    # the configurations outside the methods' training configs (prediction, labels added later, ...)
+    others = [c for _, c in inspect.getmembers(config_module, inspect.isclass)
+              if issubclass(c, Params) and c is not Params and c.__module__ == config_module.__name__ and c not in seen]
+    if others:
+        out += ["## Other configurations", ""]
+        for cls in others:
+            _section(cls(), cls.__name__, comments, out, seen, full_doc=True)
     return "\n".join(out).strip()
 
 
