@@ -395,3 +395,10 @@ def test_scores_sort_with_ties_broken_by_id():
     ranked = ranked_labels(pred, ["a", "b", "c", "d"])
     assert [[i for i, _, _ in row] for row in ranked] == [[1, 0, 2], [], [3, 0]]
     assert ranked[2][0][1] == "d"
+
+
+def test_serve_refuses_bad_settings_and_missing_models_before_starting(knn_dir, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "serve", "--model", str(knn_dir), "--max-batch-texts", "0")
+    assert code == 1 and "max_batch_texts must be >= 1" in err
+    code, _, err = run_cli(capsys, "serve", "--model", str(tmp_path / "nope"))
+    assert code == 1 and "not a model directory" in err

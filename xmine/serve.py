@@ -69,9 +69,11 @@ class ServeConfig(Params):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("port", "max_batch_texts", "max_texts_per_request", "max_chars_per_text", "max_body_bytes",
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"serve.port must be in 0..65535 (0: any free port), got {self.port}")
+        for name in ("max_batch_texts", "max_texts_per_request", "max_chars_per_text", "max_body_bytes",
                      "max_concurrent_requests", "default_k"):
-            if getattr(self, name) < (0 if name == "port" else 1):
+            if getattr(self, name) < 1:
                 raise ConfigError(f"serve.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.graceful_timeout_s < 0:
             raise ConfigError("serve.max_wait_ms and serve.graceful_timeout_s must be >= 0")
