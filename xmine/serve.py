@@ -274,7 +274,10 @@ class DynamicBatcher:
             start = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, _predict_batch, loaded.model, live)
-            except Exception as exc:  # noqa: BLE001 - handed to each waiting request, which answers 500
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - handed to each waiting request, which answers 500;
+                # the loop itself must survive, or every later request would wait forever
                 log.exception("model call failed for a batch of %d requests", len(live))
                 for p in live:
                     if not p.future.done():
