@@ -255,10 +255,13 @@ async def run_load(url: str, texts: list[str], expected: dict[str, list], concur
 
 def markdown(result: dict[str, Any]) -> str:
     off = result["offline_texts_per_s"]
+    loads = [x for row in [*result["loads"].values(), result.get("soak") or {}] for x in row.get("load_avg_1min", [])]
+    load = f"; 1-min load average {min(loads):.0f}-{max(loads):.0f} during the runs" if loads else ""
     lines = [f"Model: {result['model']['method']} ({result['model']['n_labels']} labels), texts: "
              f"{result['texts']}; offline batched `predict_labels`: {off:.0f} texts/s. "
-             f"{result['machine']['cpus']} CPU cores shared by the server and the load client"
-             f" (1-min load average before/after each run in the JSON). Command: `{result['command']}`.", "",
+             f"{result['machine']['cpus']} CPU cores shared by the server, the load client and other work{load}. "
+             f"Mean requests per model call: {result['server'].get('mean_requests_per_model_call', '?')}. "
+             f"Command: `{result['command']}`.", "",
              "| load | requests | texts/s | vs offline | p50 ms | p95 ms | p99 ms | errors | wrong |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in result["loads"].items():
