@@ -46,7 +46,7 @@ from xmine.errors import XmineError
 
 log = logging.getLogger("xmine.serve")
 
-ROUTES = ("/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/predict", "/health", "/info", "/metrics", "/reload", "/docs", "/openapi.json")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
