@@ -61,23 +61,21 @@ def test_save_load_keeps_the_lead_channel(tmp_path: Path) -> None:
     assert loaded.lead_words == feat.lead_words
     assert (loaded.transform(texts) != feat.transform(texts)).nnz == 0
     (tmp_path / "tfidf" / "idf_lead.npy").unlink()
-    with pytest.raises(ModelError, match="lead channel"):
+    with pytest.raises(ModelError, match="idf_lead.npy: file missing"):
         TfidfFeaturizer.load(tmp_path / "tfidf")
 
 
-def test_model_saved_without_lead_field_loads_without_lead_channel(tmp_path: Path) -> None:
-    """Featurizers saved before the lead channel existed have no 'lead_words' in tfidf.json."""
+def test_featurizer_saved_without_lead_field_is_refused(tmp_path: Path) -> None:
+    """Featurizers saved before the lead channel existed have no 'lead_words': no silent default."""
     import json
 
     texts = _texts(200, body_words=40)
-    feat = TfidfFeaturizer(TfidfConfig(lead_channel="off")).fit(texts)
-    feat.save(tmp_path)
+    TfidfFeaturizer(TfidfConfig(lead_channel="off")).fit(texts).save(tmp_path)
     meta = json.loads((tmp_path / "tfidf.json").read_text())
-    del meta["lead_words"], meta["config"]["lead_channel"], meta["config"]["lead_words"]
+    del meta["lead_words"]
     (tmp_path / "tfidf.json").write_text(json.dumps(meta))
-    loaded = TfidfFeaturizer.load(tmp_path)
-    assert loaded.lead_words == 0
-    assert (loaded.transform(texts) != feat.transform(texts)).nnz == 0
+    with pytest.raises(ModelError, match="tfidf.json: field 'lead_words' missing"):
+        TfidfFeaturizer.load(tmp_path)
 
 
 def test_given_features_have_no_lead_channel() -> None:

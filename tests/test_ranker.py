@@ -99,7 +99,7 @@ def test_save_load_round_trip(tmp_path):
     assert np.array_equal(ranker.score(x, cand), loaded.score(x, cand))
     assert loaded.config.loss == "squared_hinge"
     (tmp_path / "ranker" / "bias.npy").unlink()
-    with pytest.raises(XmineError, match="bias.npy missing"):
+    with pytest.raises(XmineError, match="bias.npy: file missing"):
         SparseRanker.load(tmp_path / "ranker")
 
 

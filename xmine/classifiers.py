@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from xmine.config import FeatureSet
-from xmine.errors import ModelError, XmineError
+from xmine.errors import XmineError
+from xmine.safeio import json_field, load_state_dict_into, load_tensors, model_error
 from xmine.topk import csr_row_topk
 from xmine.utils import atomic_torch_save
 
@@ -131,12 +132,35 @@ class LabelClassifiers(nn.Module):
         atomic_torch_save(directory / "classifiers.pt", state)
 
     @classmethod
-    def load(cls, directory: str | Path) -> LabelClassifiers:
+    def load(cls, directory: str | Path, n_labels: int | None = None, dim: int | None = None) -> LabelClassifiers:
+        """The classifiers saved in `directory`; `n_labels` and `dim`, when given, must match."""
         path = Path(directory) / "classifiers.pt"
-        if not path.exists():
-            raise ModelError(f"{directory}: no classifiers found (classifiers.pt missing)")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        obj = cls(state["n_labels"], state["dim"], state["features"], state["hash_buckets"],
-                  state["max_sparse_features"])
-        obj.load_state_dict(state["state"])
+        state = load_tensors(path, "classifiers")
+        if not isinstance(state, dict):
+            raise model_error("classifiers", path, "not a classifiers file")
+        n = json_field(state, "n_labels", "classifiers", path, int)
+        d = json_field(state, "dim", "classifiers", path, int)
+        features = json_field(state, "features", "classifiers", path, str)
+        buckets = json_field(state, "hash_buckets", "classifiers", path, int)
+        max_sparse = json_field(state, "max_sparse_features", "classifiers", path, int)
+        if features not in ("dense", "sparse", "dense+sparse"):
+            raise model_error("classifiers", path, f"unknown feature set {features!r}")
+        for name, value, want in (("n_labels", n, n_labels), ("dim", d, dim)):
+            if value < 1 or (want is not None and value != want):
+                raise model_error("classifiers", path, f"{name} is {value}, expected {want or 'a positive number'}")
+        if buckets < 1 or buckets & (buckets - 1) or max_sparse < 1:
+            raise model_error("classifiers", path, f"hash_buckets {buckets} is not a power of two or "
+                              f"max_sparse_features {max_sparse} < 1")
+        expected = {"bias": (n,)}
+        if features != "sparse":
+            expected["weight"] = (n, d)
+        if features != "dense":
+            expected["sparse_table.weight"] = (buckets, 1)
+        tensors = state.get("state")
+        if not isinstance(tensors, dict) or set(tensors) != set(expected) or \
+                any(not isinstance(v, torch.Tensor) or tuple(v.shape) != expected[k] for k, v in tensors.items()):
+            raise model_error("classifiers", path, "weights do not have the layout "
+                              + ", ".join(f"{k} {v}" for k, v in expected.items()))
+        obj = cls(n, d, features, buckets, max_sparse)
+        load_state_dict_into(obj, tensors, "classifiers", path)
         return obj

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -157,13 +158,11 @@ def train_model(method: str, dataset: Any, config: Any, out: str | Path, resume:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import os
-
     import torch
 
     from xmine import distributed
     from xmine.data import load_dataset
-    from xmine.models.base import read_model_config, write_model_config
+    from xmine.models.base import check_model_dir_target
 
     flags = {k: getattr(args, k) for k in FLAG_PATHS}
     config = build_config(args.method, args.config, args.set or [], flags)
@@ -176,6 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.data or not args.out:
         raise XmineError("xmine train needs --data DIR and --out MODEL_DIR")
+    check_model_dir_target(args.out)  # before training: a bad --out must not cost a training run
     if distributed.init_from_env():
         if args.method not in ("ngame", "mips"):
             raise XmineError(f"--method {args.method} has no training loop to run data-parallel; "
@@ -191,11 +191,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not distributed.is_main():  # rank 0 writes the model directory
         distributed.shutdown()
         return 0
-    model.save(args.out)
-    meta = read_model_config(args.out)
-    meta.update({"text_variant": dataset.text_variant, "dataset": str(dataset.path), "train_seconds": seconds})
-    write_model_config(args.out, meta.pop("method"), meta.pop("config"), meta.pop("n_labels"),
-                       extra={k: v for k, v in meta.items() if k != "xmine_version"})
+    model.save(args.out, extra={"text_variant": dataset.text_variant, "dataset": str(dataset.path),
+                                "train_seconds": seconds})
     print(f"trained {args.method} on {dataset.name} ({dataset.train.n_points} points, {dataset.n_labels} labels) "
           f"in {seconds:.1f}s -> {args.out}"
           + (f" ({distributed.world_size()} processes)" if distributed.is_distributed() else ""))
@@ -214,12 +211,14 @@ def save_predictions(path: str | Path, pred: sp.csr_matrix) -> None:
 
 
 def load_predictions(path: str | Path) -> sp.csr_matrix:
+    """A prediction file, validated (index ranges, monotonic indptr, finite numeric scores) before use."""
+    from xmine.errors import DataFormatError, ModelError
+    from xmine.safeio import load_sparse_npz
+
     try:
-        return sp.load_npz(path).tocsr()
-    except FileNotFoundError as exc:
-        raise XmineError(f"prediction file not found: {path}") from exc
-    except Exception as exc:  # noqa: BLE001 - numpy/zip errors: not a prediction file
-        raise XmineError(f"{path}: not a prediction file written by `xmine predict` ({exc})") from exc
+        return load_sparse_npz(path, "predictions")
+    except ModelError as exc:
+        raise DataFormatError(path, f"not a valid prediction file ({exc.problem})") from None
 
 
 def read_input_texts(source: str) -> list[str]:
@@ -304,6 +303,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.k = 10 if args.input is not None else 100
     if args.k < 1:
         raise XmineError(f"-k must be >= 1, got {args.k}")
+    if args.out is not None and Path(args.out).is_dir():  # checked before the model is loaded and run
+        raise XmineError(f"--out {args.out} is a directory; give the predictions file to write")
     if args.input is not None:
         return predict_texts(args)
     if args.out is None:
@@ -312,6 +313,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise XmineError("--format applies to --input")
     model = load_model(args.model)
     variant = args.text_variant or _model_text_variant(args.model)
+    if variant not in ("full", "title"):  # "none": trained on a dataset without texts (features only)
+        variant = "full"
     dataset = load_dataset(args.data, text_variant=variant)
     split = dataset.split(args.split)
     if dataset.n_labels != model.n_labels:
@@ -688,11 +691,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args.verbose)
     if args.quiet:
-        import os
-
         os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # the reader went away (`xmine ... | head`): stop quietly, as a killed-by-SIGPIPE process would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except XmineError as exc:
         print(f"xmine: error: {exc}", file=sys.stderr)
         return 1

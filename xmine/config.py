@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,6 +108,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # JSON's NaN / Infinity pass every range check silently
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -164,6 +168,8 @@ class EncoderConfig(Params):
     def validate(self) -> None:
         super().validate()
         _positive(self, "max_length", "head_hidden", "encode_batch_size", "num_threads")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"EncoderConfig.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
 @dataclass
@@ -377,14 +383,6 @@ class FusionConfig(Params):
     propensity_B: float = 1.5
     # pair features relative to the point's other candidates (gap to its best score, rank): see fusion.point_context
     point_context: bool = True
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None = None, where: str = "") -> FusionConfig:
-        data = dict(data or {})
-        if "holdout_from_stage1" in data:  # models saved before stage1_unseen_points: all or none held out
-            legacy = data.pop("holdout_from_stage1")
-            data.setdefault("stage1_unseen_points", data.get("holdout_points", cls.holdout_points) if legacy else 0)
-        return super().from_dict(data, where)
 
     def validate(self) -> None:
         super().validate()

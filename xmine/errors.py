@@ -31,4 +31,12 @@ class ConfigError(XmineError):
 
 
 class ModelError(XmineError):
-    """A model directory is missing, incomplete or incompatible."""
+    """A model directory (or checkpoint) is missing, incomplete, damaged or incompatible. Raised through
+    `xmine.safeio.model_error`, it carries the component, the file and the problem."""
+
+    def __init__(self, message: str, component: str | None = None, path: str | Path | None = None,
+                 problem: str | None = None) -> None:
+        super().__init__(message)
+        self.component = component
+        self.path = None if path is None else str(path)
+        self.problem = problem or message

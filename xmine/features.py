@@ -17,7 +17,8 @@ from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from xmine.config import LEAD_AUTO_MIN_RATIO, TfidfConfig
-from xmine.errors import ModelError, XmineError
+from xmine.errors import XmineError
+from xmine.safeio import json_field, load_json, load_npy, model_error, params_from
 from xmine.utils import atomic_save_npy, atomic_write_text
 
 
@@ -118,38 +119,44 @@ class TfidfFeaturizer:
     @classmethod
     def load(cls, directory: str | Path) -> TfidfFeaturizer:
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / "tfidf.json").read_text())
-            idf = np.load(directory / "idf.npy")
-        except FileNotFoundError as exc:
-            raise ModelError(f"{directory}: TF-IDF files missing ({exc.filename})") from exc
-        obj = cls(TfidfConfig.from_dict(meta["config"]))
-        obj.source = meta["source"]
-        obj.lead_words = int(meta.get("lead_words", 0))  # models saved before the lead channel have none
+        meta_path = directory / "tfidf.json"
+        meta = load_json(meta_path, "tfidf")
+        obj = cls(params_from(TfidfConfig, json_field(meta, "config", "tfidf", meta_path, dict), "tfidf", meta_path))
+        obj.source = json_field(meta, "source", "tfidf", meta_path, str)
+        obj.lead_words = json_field(meta, "lead_words", "tfidf", meta_path, int)
+        if obj.source not in ("text", "given") or obj.lead_words < 0:
+            raise model_error("tfidf", meta_path, f"bad source {obj.source!r} or lead_words {obj.lead_words}")
         if obj.source == "text":
-            obj._vectorizer = obj._load_vectorizer(directory, "", idf)
+            obj._vectorizer = obj._load_vectorizer(directory, "")
             if obj.lead_words:
                 obj._lead_vectorizer = obj._load_vectorizer(directory, "_lead")
         else:
+            idf = _load_idf(directory / "idf.npy", None)
             obj._transformer = TfidfTransformer(sublinear_tf=obj.config.sublinear_tf)
             obj._transformer.fit(sp.csr_matrix((1, idf.shape[0]), dtype=np.float32))
             obj._transformer.idf_ = idf
         return obj
 
-    def _load_vectorizer(self, directory: Path, suffix: str, idf: np.ndarray | None = None) -> TfidfVectorizer:
-        """The vectorizer saved with `suffix` ("" full text, "_lead" lead channel); `idf` when already read."""
-        channel = "lead channel " if suffix else ""
-        try:
-            vocab = json.loads((directory / f"vocabulary{suffix}.json").read_text())
-            if idf is None:
-                idf = np.load(directory / f"idf{suffix}.npy")
-        except FileNotFoundError as exc:
-            raise ModelError(f"{directory}: TF-IDF {channel}files missing ({exc.filename})") from exc
+    def _load_vectorizer(self, directory: Path, suffix: str) -> TfidfVectorizer:
+        """The vectorizer saved with `suffix` ("" full text, "_lead" lead channel)."""
+        vocab_path = directory / f"vocabulary{suffix}.json"
+        vocab = load_json(vocab_path, "tfidf")
+        columns = list(vocab.values())
+        if not columns or not all(type(c) is int for c in columns) or sorted(columns) != list(range(len(columns))):
+            raise model_error("tfidf", vocab_path, "vocabulary must map terms to the columns 0..n-1, each once")
+        idf = _load_idf(directory / f"idf{suffix}.npy", len(vocab))
         vectorizer = self._make_vectorizer()
         vectorizer.vocabulary = vocab
         vectorizer.fit(["x"])  # sets up the analyzer with the fixed vocabulary
         vectorizer.idf_ = idf
         return vectorizer
+
+
+def _load_idf(path: Path, n_terms: int | None) -> np.ndarray:
+    idf = load_npy(path, "tfidf", shape=(n_terms,))
+    if idf.size == 0 or float(idf.min()) <= 0:
+        raise model_error("tfidf", path, "idf weights must be positive (and at least one)")
+    return idf
 
 
 def _l2(x: sp.spmatrix) -> sp.csr_matrix:

@@ -33,8 +33,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
 from xmine.config import FusionConfig
-from xmine.errors import ModelError, XmineError
+from xmine.errors import XmineError
 from xmine.metrics import evaluate
+from xmine.safeio import check_array, check_index_range, json_field, load_json, load_npy, model_error, params_from
 from xmine.topk import csr_from_topk, csr_row_topk
 from xmine.utils import atomic_save_npy, atomic_write_text
 
@@ -285,18 +286,54 @@ class ScoreFusion:
         atomic_save_npy(directory / "inv_propensity.npy", self.inv_propensity)
         atomic_write_text(directory / "fusion.json", json.dumps(meta, indent=2))
 
+    @property
+    def n_features(self) -> int:
+        """Columns of the pair features (see `_features`)."""
+        context = sum(2 if name in LOGIT_SOURCES else 1 for name in self.sources) if self.config.point_context else 0
+        return len(self.sources) + 1 + context
+
     @classmethod
-    def load(cls, directory: str | Path) -> ScoreFusion:
+    def load(cls, directory: str | Path, n_labels: int | None = None) -> ScoreFusion:
         directory = Path(directory)
-        if not (directory / "fusion.json").exists():
-            raise ModelError(f"{directory}: no fusion model (fusion.json missing)")
-        meta = json.loads((directory / "fusion.json").read_text())
-        meta["config"].setdefault("point_context", False)  # fusions saved before it existed were fitted without
-        obj = cls(FusionConfig.from_dict(meta["config"]), np.load(directory / "inv_propensity.npy"),
-                  tuple(meta["sources"]))
-        obj.mode, obj.selection = meta["mode"], meta.get("selection", {})
-        obj.coef = None if meta["coef"] is None else np.asarray(meta["coef"])
-        if meta.get("has_tree"):
-            obj.tree = {k: np.load(directory / f"tree_{k}.npy")
-                        for k in ("left", "right", "feature", "threshold", "proba", "depth")}
+        meta_path = directory / "fusion.json"
+        meta = load_json(meta_path, "fusion")
+        config = params_from(FusionConfig, json_field(meta, "config", "fusion", meta_path, dict), "fusion", meta_path)
+        sources = json_field(meta, "sources", "fusion", meta_path, list)
+        if not set(sources) <= set(SOURCES) or len(set(sources)) != len(sources):
+            raise model_error("fusion", meta_path, f"unknown or repeated score sources {sources}")
+        inv_propensity = load_npy(directory / "inv_propensity.npy", "fusion", shape=(n_labels,))
+        obj = cls(config, inv_propensity, tuple(sources))
+        obj.mode = json_field(meta, "mode", "fusion", meta_path, str)
+        obj.selection = json_field(meta, "selection", "fusion", meta_path, dict)
+        if obj.mode not in ("fixed", "encoder", "lr", "tree", "lr+tree", *obj.sources):
+            raise model_error("fusion", meta_path, f"unknown fusion mode {obj.mode!r}")
+        coef = json_field(meta, "coef", "fusion", meta_path, (list, type(None)))
+        if coef is not None:
+            if not all(type(c) in (int, float) for c in coef):
+                raise model_error("fusion", meta_path, "coef must be a list of numbers")
+            obj.coef = check_array(np.asarray(coef, dtype=np.float64), "fusion", meta_path,
+                                   shape=(obj.n_features + 1,), name="coef")
+        if json_field(meta, "has_tree", "fusion", meta_path, bool):
+            obj.tree = _load_tree(directory, obj.n_features)
+        if obj.mode in ("lr", "tree", "lr+tree") and obj.coef is None or "tree" in obj.mode and obj.tree is None:
+            raise model_error("fusion", meta_path, f"mode {obj.mode!r} needs parts that were not saved")
         return obj
+
+
+def _load_tree(directory: Path, n_features: int) -> dict[str, np.ndarray]:
+    """The decision tree's arrays, checked so that walking it stays inside them."""
+    tree = {key: load_npy(directory / f"tree_{key}.npy", "fusion", kind="i", ndim=1)
+            for key in ("left", "right", "feature", "depth")}
+    tree.update({key: load_npy(directory / f"tree_{key}.npy", "fusion", ndim=1) for key in ("threshold", "proba")})
+    n_nodes = tree["left"].shape[0]
+    path = directory / "tree_left.npy"
+    lengths = {v.shape[0] for k, v in tree.items() if k != "depth"}
+    if n_nodes == 0 or lengths != {n_nodes} or tree["depth"].shape != (1,):
+        raise model_error("fusion", path, "the tree's arrays have different lengths")
+    check_index_range(tree["left"], -1, n_nodes, "fusion", path, "tree_left")
+    check_index_range(tree["right"], -1, n_nodes, "fusion", directory / "tree_right.npy", "tree_right")
+    check_index_range(tree["feature"], -2, n_features, "fusion", directory / "tree_feature.npy", "tree_feature")
+    check_index_range(tree["depth"], 0, n_nodes, "fusion", directory / "tree_depth.npy", "tree_depth")
+    if float(tree["proba"].min()) < 0 or float(tree["proba"].max()) > 1:
+        raise model_error("fusion", directory / "tree_proba.npy", "probabilities outside [0, 1]")
+    return tree

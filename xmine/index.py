@@ -21,7 +21,8 @@ import faiss
 import numpy as np
 
 from xmine.config import IndexConfig
-from xmine.errors import ModelError, XmineError
+from xmine.errors import XmineError
+from xmine.safeio import json_field, load_json, model_error, read_faiss_index
 from xmine.utils import atomic_write, atomic_write_text
 
 
@@ -112,16 +113,25 @@ class LabelIndex:
         atomic_write_text(directory / "index.json", json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, directory: str | Path) -> LabelIndex:
+    def load(cls, directory: str | Path, dim: int | None = None, n_vectors: int | None = None,
+             component: str = "index") -> LabelIndex:
+        """The index saved in `directory`; `dim` and `n_vectors`, when given, must match."""
         directory = Path(directory)
-        if not (directory / "index.faiss").exists() or not (directory / "index.json").exists():
-            raise ModelError(f"{directory}: no index found (expected index.faiss and index.json)")
-        meta = json.loads((directory / "index.json").read_text())
-        index = faiss.read_index(str(directory / "index.faiss"))
-        config = IndexConfig.from_dict(meta["config"])
-        if meta["kind"] == "hnsw":
+        meta_path = directory / "index.json"
+        meta = load_json(meta_path, component)
+        kind = json_field(meta, "kind", component, meta_path, str)
+        if kind not in ("exact", "hnsw", "ivf", "ivfpq"):
+            raise model_error(component, meta_path, f"unknown index kind {kind!r}")
+        try:
+            config = IndexConfig.from_dict(json_field(meta, "config", component, meta_path, dict))
+        except XmineError as exc:
+            raise model_error(component, meta_path, str(exc)) from None
+        index = read_faiss_index(directory / "index.faiss", component, dim, n_vectors)
+        if kind == "hnsw":
+            if not hasattr(index, "hnsw"):
+                raise model_error(component, directory / "index.faiss", "index.json says hnsw, the file is not")
             index.hnsw.efSearch = config.ef_search
-        return cls(index, config, meta["kind"])
+        return cls(index, config, kind)
 
 
 def _empty_index(kind: str, dim: int, n: int, config: IndexConfig) -> faiss.Index:

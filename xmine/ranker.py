@@ -27,8 +27,9 @@ from sklearn.svm import LinearSVC
 from tqdm.auto import tqdm
 
 from xmine.config import RankerConfig
-from xmine.errors import ModelError, XmineError
+from xmine.errors import XmineError
 from xmine.fusion import lookup_csr
+from xmine.safeio import load_json, load_npy, load_sparse_npz, model_error, params_from
 from xmine.topk import csr_from_topk
 from xmine.utils import atomic_save_npy, atomic_write
 
@@ -170,10 +171,13 @@ class SparseRanker:
         self.config.save(directory / "config.json")
 
     @classmethod
-    def load(cls, directory: str | Path) -> SparseRanker:
+    def load(cls, directory: str | Path, n_labels: int | None = None) -> SparseRanker:
         directory = Path(directory)
-        for name in ("weights.npz", "bias.npy", "config.json"):
-            if not (directory / name).exists():
-                raise ModelError(f"{directory}: sparse ranker incomplete ({name} missing)")
-        return cls(sp.load_npz(directory / "weights.npz"), np.load(directory / "bias.npy"),
-                   RankerConfig.load(directory / "config.json"))
+        config = params_from(RankerConfig, load_json(directory / "config.json", "ranker"), "ranker",
+                             directory / "config.json")
+        weights = load_sparse_npz(directory / "weights.npz", "ranker")
+        bias = load_npy(directory / "bias.npy", "ranker", shape=(weights.shape[0],))
+        if n_labels is not None and weights.shape[0] != n_labels:
+            raise model_error("ranker", directory / "weights.npz", f"weights for {weights.shape[0]} labels, "
+                              f"the model has {n_labels}")
+        return cls(weights, bias, config)

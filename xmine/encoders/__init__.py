@@ -11,6 +11,7 @@ from xmine.encoders.base import Encoder, load_state, pick_device, read_encoder_m
 from xmine.encoders.bow import BowEncoder
 from xmine.encoders.cached import CachedTransformerEncoder
 from xmine.encoders.transformer import TransformerEncoder
+from xmine.errors import ConfigError, ModelError, XmineError
 
 _KINDS = {"bow": BowEncoder, "transformer": TransformerEncoder, "cached": CachedTransformerEncoder}
 
@@ -28,10 +29,22 @@ def build_encoder(config: EncoderConfig, fit_texts: Sequence[str] | None = None)
 def load_encoder(directory: str | Path, device: str | None = None) -> Encoder:
     directory = Path(directory)
     meta = read_encoder_meta(directory)
-    config = EncoderConfig.from_dict(meta["config"])
+    if meta["kind"] not in _KINDS:
+        raise ModelError(f"encoder: {directory / 'encoder.json'}: unknown encoder kind {meta['kind']!r}")
+    try:
+        config = EncoderConfig.from_dict(meta["config"], where=f"encoder: {directory / 'encoder.json'}")
+    except ConfigError as exc:
+        raise ModelError(str(exc)) from None
     if device is not None:
         config = config.replace(device=device)
-    encoder = _KINDS[meta["kind"]].from_saved(config, directory, meta.get("extra", {}))
+    try:
+        encoder = _KINDS[meta["kind"]].from_saved(config, directory, meta["extra"])
+    except XmineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tokenizer/transformer files: JSON, vocab, safetensors errors
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelError(f"encoder: {directory}: the tokenizer or transformer files are unreadable "
+                         f"({type(exc).__name__}: {first})") from None
     load_state(encoder, directory)
     return encoder.to(pick_device(config))
 

@@ -17,7 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xmine.config import EncoderConfig
-from xmine.errors import ModelError, XmineError
+from xmine.errors import XmineError
+from xmine.safeio import json_field, load_json, load_state_dict_into, load_tensors
 from xmine.utils import atomic_torch_save, atomic_write_text, resolve_device
 
 
@@ -110,14 +111,16 @@ def pick_device(config: EncoderConfig) -> torch.device:
 
 def read_encoder_meta(directory: Path) -> dict[str, Any]:
     path = directory / "encoder.json"
-    if not path.exists():
-        raise ModelError(f"{directory}: no encoder found (encoder.json missing)")
-    return json.loads(path.read_text())
+    meta = load_json(path, "encoder")
+    json_field(meta, "kind", "encoder", path, str)
+    json_field(meta, "config", "encoder", path, dict)
+    json_field(meta, "extra", "encoder", path, dict)
+    return meta
 
 
 def load_state(encoder: Encoder, directory: Path) -> None:
-    state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
-    encoder.load_state_dict(state)
+    path = directory / "weights.pt"
+    load_state_dict_into(encoder, load_tensors(path, "encoder"), "encoder", path)
 
 
 def default_model_path(config: EncoderConfig) -> str:

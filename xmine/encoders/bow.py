@@ -16,7 +16,8 @@ from torch import nn
 
 from xmine.config import EncoderConfig
 from xmine.encoders.base import Encoder, ResidualHead, default_model_path, pick_device
-from xmine.errors import XmineError
+from xmine.errors import ModelError, XmineError
+from xmine.safeio import json_field
 
 
 @dataclass
@@ -131,5 +132,13 @@ class BowEncoder(Encoder):
     def from_saved(cls, config: EncoderConfig, directory: Path, extra: dict[str, Any]) -> BowEncoder:
         from transformers import AutoTokenizer
 
+        path = directory / "encoder.json"
+        vocab_size = json_field(extra, "vocab_size", "encoder", path, int)
+        dim = json_field(extra, "dim", "encoder", path, int)
+        weights_bytes = (directory / "weights.pt").stat().st_size if (directory / "weights.pt").is_file() else 0
+        # the token table is stored in weights.pt: sizes it cannot hold are refused before allocating them
+        if vocab_size < 1 or dim < 1 or vocab_size * dim * 4 > weights_bytes:
+            raise ModelError(f"encoder: {path}: vocab_size {vocab_size} x dim {dim} does not match weights.pt "
+                             f"({weights_bytes} bytes)")
         tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
-        return cls(config, tokenizer, extra["vocab_size"], extra["dim"])
+        return cls(config, tokenizer, vocab_size, dim)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from xmine.config import KNNConfig
-from xmine.errors import ModelError, XmineError
+from xmine.errors import XmineError
 from xmine.features import TfidfFeaturizer
-from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_config
+from xmine.models.base import Inputs, XMCModel
+from xmine.safeio import csr_from_arrays, load_npz, model_error, params_from
 from xmine.topk import csr_from_topk, csr_row_topk, dense_topk, stack_rows
 from xmine.utils import atomic_write
 
@@ -100,26 +102,27 @@ class TfidfKNN(XMCModel):
         return (f"sum over the {self.config.neighbours} nearest training texts of similarity**{self.config.power:g} "
                 "for each label they carry, in [0, neighbours]")
 
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        self.featurizer.save(directory / "tfidf")
-        atomic_write(directory / "train.npz", lambda tmp: _save_npz(tmp, self.train_features, self.train_labels))
-        self.save_label_texts(directory)
-        write_model_config(directory, self.method, self.config.to_dict(), self.n_labels)
+    def _components(self) -> list[tuple[str, Callable[[Path], None]]]:
+        return [("tfidf", self.featurizer.save),
+                ("train.npz", lambda path: atomic_write(path, lambda tmp: _save_npz(tmp, self.train_features,
+                                                                                  self.train_labels)))]
 
     @classmethod
-    def load(cls, directory: str | Path) -> TfidfKNN:
-        directory = Path(directory)
-        meta = read_model_config(directory)
-        try:
-            data = np.load(directory / "train.npz")
-        except FileNotFoundError as exc:
-            raise ModelError(f"{directory}: train.npz missing") from exc
-        features = sp.csr_matrix((data["x_data"], data["x_indices"], data["x_indptr"]), shape=tuple(data["x_shape"]))
-        labels = sp.csr_matrix((data["y_data"], data["y_indices"], data["y_indptr"]), shape=tuple(data["y_shape"]))
-        model = cls(KNNConfig.from_dict(meta["config"]), TfidfFeaturizer.load(directory / "tfidf"), features, labels)
-        model.load_label_texts(directory)
-        return model
+    def _load_components(cls, directory: Path, meta: dict[str, Any], component: str = "model", **options: Any
+                         ) -> TfidfKNN:
+        config = params_from(KNNConfig, meta["config"], component, directory / "config.json")
+        featurizer = TfidfFeaturizer.load(directory / "tfidf")
+        path = directory / "train.npz"
+        keys = [f"{m}_{part}" for m in "xy" for part in ("data", "indices", "indptr", "shape")]
+        data = load_npz(path, component, keys)
+        features = csr_from_arrays(data["x_data"], data["x_indices"], data["x_indptr"], data["x_shape"], component,
+                                   path, name="training features")
+        labels = csr_from_arrays(data["y_data"], data["y_indices"], data["y_indptr"], data["y_shape"], component,
+                                 path, name="training labels")
+        if labels.shape != (features.shape[0], meta["n_labels"]) or features.shape[1] != featurizer.n_features:
+            raise model_error(component, path, f"training features {features.shape} and labels {labels.shape} do "
+                              f"not fit {meta['n_labels']} labels and {featurizer.n_features} TF-IDF features")
+        return cls(config, featurizer, features, labels)
 
 
 def _save_npz(path: str, features: sp.csr_matrix, labels: sp.csr_matrix) -> None:

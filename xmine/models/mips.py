@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,15 @@ from tqdm.auto import tqdm
 from xmine.classifiers import LabelClassifiers
 from xmine.config import KNNConfig, MIPSMethodConfig
 from xmine.encoders import Encoder, build_encoder, load_encoder
-from xmine.errors import XmineError
+from xmine.errors import ModelError, XmineError
 from xmine.index import LabelIndex
 from xmine.mining.mips import MIPSNegativeSampler
-from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_config
+from xmine.models.base import Inputs, XMCModel
 from xmine.models.knn import TfidfKNN
+from xmine.safeio import load_json, params_from
 from xmine.shortlist import csr_rows_to_ids, union_candidates
 from xmine.topk import csr_from_topk, csr_row_topk, stack_rows
-from xmine.training.checkpoint import remove_checkpoints
+from xmine.training.checkpoint import config_fingerprint, remove_checkpoints
 from xmine.training.classifiers import train_classifiers
 from xmine.utils import atomic_write_text, seed_everything, set_threads
 
@@ -107,7 +109,9 @@ class MIPSClassifier(XMCModel):
         hist = train_classifiers(classifiers, split.labels, config.classifier, negatives, embeddings=frozen_emb,
                                  sparse_features=knn.train_features if knn is not None else None, encoder=encoder,
                                  point_inputs=point_inputs, checkpoint_path=ckpt, resume=resume, progress=progress,
-                                 on_step=on_step, on_epoch_start=on_epoch_start)
+                                 on_step=on_step, on_epoch_start=on_epoch_start,
+                                 config_fingerprint=config_fingerprint(config.to_dict()),
+                                 generators={"uniform_negatives": sampler.rng})
         index = LabelIndex.build(classifiers.weight.detach().numpy(), config.mips.index) \
             if classifiers.weight is not None else None
         history = {"epochs": hist.to_list(), "train_seconds": time.perf_counter() - start,
@@ -151,29 +155,33 @@ class MIPSClassifier(XMCModel):
     def score_scale(self) -> str:
         return "per-label classifier logit, unbounded (sigmoid gives a probability-like score)"
 
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        self.encoder.save(directory / "encoder")
-        self.classifiers.save(directory / "classifiers")
-        if self.index is not None:
-            self.index.save(directory / "classifiers" / "index")
+    def _components(self) -> list[tuple[str, Callable[[Path], None]]]:
+        parts: list[tuple[str, Callable[[Path], None]]] = [("encoder", self.encoder.save),
+                                                           ("classifiers", self._save_classifiers)]
         if self.knn is not None:
-            self.knn.save(directory / "tfidf")
-        atomic_write_text(directory / "history.json", json.dumps(self.history, indent=2, default=float))
-        self.save_label_texts(directory)
-        write_model_config(directory, self.method, self.config.to_dict(), self.n_labels)
+            parts.append(("tfidf", self.knn._write_components))
+        parts.append(("history.json", lambda path: atomic_write_text(path, json.dumps(self.history, indent=2,
+                                                                                      default=float))))
+        return parts
+
+    def _save_classifiers(self, directory: Path) -> None:
+        self.classifiers.save(directory)
+        if self.index is not None:
+            self.index.save(directory / "index")
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> MIPSClassifier:
-        directory = Path(directory)
-        meta = read_model_config(directory)
-        config = MIPSMethodConfig.from_dict(meta["config"])
+    def _load_components(cls, directory: Path, meta: dict[str, Any], device: str | None = None, **options: Any
+                         ) -> MIPSClassifier:
+        config = params_from(MIPSMethodConfig, meta["config"], "model", directory / "config.json")
+        n_labels = meta["n_labels"]
         encoder = load_encoder(directory / "encoder", device=device or "cpu")
-        classifiers = LabelClassifiers.load(directory / "classifiers")
-        index = LabelIndex.load(directory / "classifiers" / "index") if (directory / "classifiers" / "index").exists() \
-            else None
-        knn = TfidfKNN.load(directory / "tfidf") if (directory / "tfidf").exists() else None
-        history = json.loads((directory / "history.json").read_text()) if (directory / "history.json").exists() else {}
-        model = cls(config, encoder, classifiers, index, knn, history)
-        model.load_label_texts(directory)
-        return model
+        classifiers = LabelClassifiers.load(directory / "classifiers", n_labels, encoder.dim)
+        index = LabelIndex.load(directory / "classifiers" / "index", encoder.dim, n_labels, component="classifiers") \
+            if classifiers.weight is not None else None
+        knn = None
+        if config.classifier.features != "dense":
+            knn = TfidfKNN._read_components(directory / "tfidf")
+            if knn.n_labels != n_labels:
+                raise ModelError(f"tfidf: {directory / 'tfidf'}: {knn.n_labels} labels, the model has {n_labels}")
+        history = load_json(directory / "history.json", "model")
+        return cls(config, encoder, classifiers, index, knn, history)

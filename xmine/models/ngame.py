@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,12 +43,13 @@ from xmine.labels import (
 )
 from xmine.metrics import inverse_propensity
 from xmine.mining.mips import MIPSNegativeSampler
-from xmine.models.base import Inputs, XMCModel, read_model_config, write_model_config
+from xmine.models.base import Inputs, XMCModel, read_model_config
 from xmine.models.knn import TfidfKNN
 from xmine.ranker import SparseRanker
+from xmine.safeio import json_field, load_json, load_npy, params_from
 from xmine.shortlist import csr_rows_to_ids, recall_of_shortlist, union_candidates
 from xmine.topk import csr_from_topk, csr_row_topk, stack_rows
-from xmine.training.checkpoint import remove_checkpoints
+from xmine.training.checkpoint import config_fingerprint, remove_checkpoints
 from xmine.training.classifiers import train_classifiers
 from xmine.training.siamese import sample_one_positive, train_siamese
 from xmine.utils import atomic_save_npy, atomic_write_text, seed_everything, set_threads
@@ -212,7 +214,7 @@ class NGAME(XMCModel):
             stage1_labels = without_rows(split.labels, unseen)
             hist = train_siamese(encoder, point_inputs, label_inputs, stage1_labels, config.siamese,
                                  checkpoint_path=ckpt_dir / "stage1.pt" if ckpt_dir else None, resume=resume,
-                                 progress=progress)
+                                 progress=progress, config_fingerprint=config_fingerprint(config.to_dict()))
             history["stage1"] = hist.to_list()
             history["stage1_unseen_points"] = config.fusion.stage1_unseen_points
             timings["stage1_seconds"] = time.perf_counter() - t0
@@ -309,7 +311,9 @@ class NGAME(XMCModel):
                                  sparse_features=sparse_x, encoder=self.encoder if cfg.classifier.finetune_encoder
                                  else None, point_inputs=point_inputs,
                                  checkpoint_path=ckpt_dir / "stage2.pt" if ckpt_dir else None, resume=resume,
-                                 progress=progress, on_epoch_start=refresh_classifier_index)
+                                 progress=progress, on_epoch_start=refresh_classifier_index,
+                                 config_fingerprint=config_fingerprint(cfg.to_dict()),
+                                 generators={"in_batch_positives": batch_rng})
         self.history["stage2"] = hist.to_list()
         self.classifiers = classifiers
         if classifiers.weight is not None:
@@ -416,50 +420,69 @@ class NGAME(XMCModel):
 
     # ------------------------------------------------------------------ storage
     @reads_labels
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        self.encoder.save(directory / "encoder")
-        atomic_save_npy(directory / "label_embeddings" / "embeddings.npy", self.label_embeddings)
-        self.label_index.save(directory / "label_embeddings" / "index")
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
+        super().save(directory, extra)
+
+    def _write_components(self, directory: Path, extra: dict[str, Any] | None = None) -> None:
+        # labels added or disabled after training (xmine.labels): labels/state.json and its config.json summary
+        super()._write_components(directory, {**(extra or {}), **save_label_state(self, directory)})
+
+    def _components(self) -> list[tuple[str, Callable[[Path], None]]]:
+        parts: list[tuple[str, Callable[[Path], None]]] = [("encoder", self.encoder.save),
+                                                           ("label_embeddings", self._save_label_embeddings)]
         if self.knn is not None:
-            self.knn.save(directory / "tfidf")
+            parts.append(("tfidf", self.knn._write_components))
         if self.classifiers is not None:
-            self.classifiers.save(directory / "classifiers")
-            if self.classifier_index is not None:
-                self.classifier_index.save(directory / "classifiers" / "index")
+            parts.append(("classifiers", self._save_classifiers))
         if self.ranker is not None:
-            self.ranker.save(directory / "ranker")
+            parts.append(("ranker", self.ranker.save))
         if self.fusion is not None:
-            self.fusion.save(directory / "fusion")
-        atomic_write_text(directory / "history.json", json.dumps(self.history, indent=2, default=float))
-        self.save_label_texts(directory)
-        write_model_config(directory, self.method, self.config.to_dict(), self.n_labels,
-                           extra={"stages_trained": [1] + ([2] if self.classifiers is not None else []),
-                                  **save_label_state(self, directory)})
+            parts.append(("fusion", self.fusion.save))
+        parts.append(("history.json", lambda path: atomic_write_text(path, json.dumps(self.history, indent=2,
+                                                                                      default=float))))
+        return parts
+
+    def _save_label_embeddings(self, directory: Path) -> None:
+        atomic_save_npy(directory / "embeddings.npy", self.label_embeddings)
+        self.label_index.save(directory / "index")
+
+    def _save_classifiers(self, directory: Path) -> None:
+        self.classifiers.save(directory)
+        if self.classifier_index is not None:
+            self.classifier_index.save(directory / "index")
+
+    def _model_meta(self) -> dict[str, Any]:
+        return {"stages_trained": [1] + ([2] if self.classifiers is not None else [])}
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> NGAME:
-        directory = Path(directory)
-        meta = read_model_config(directory)
-        config = NGAMEConfig.from_dict(meta["config"])
-        emb_path = directory / "label_embeddings" / "embeddings.npy"
-        if not emb_path.exists():
-            raise ModelError(f"{directory}: label embeddings missing ({emb_path})")
+    def _load_components(cls, directory: Path, meta: dict[str, Any], device: str | None = None, **options: Any
+                         ) -> NGAME:
+        config = params_from(NGAMEConfig, meta["config"], "model", directory / "config.json")
+        n_labels = meta["n_labels"]
+        stages = json_field(meta, "stages_trained", "model", directory / "config.json", list)
         encoder = load_encoder(directory / "encoder", device=device or "cpu")
         # memory-mapped: prediction reads only the candidates' rows, so millions of labels need not be resident
-        label_embeddings = np.load(emb_path, mmap_mode="r")
-        label_index = LabelIndex.load(directory / "label_embeddings" / "index")
-        knn = TfidfKNN.load(directory / "tfidf") if (directory / "tfidf").exists() else None
-        classifiers = classifier_index = fusion = None
-        if (directory / "classifiers").exists():
-            classifiers = LabelClassifiers.load(directory / "classifiers")
-            if (directory / "classifiers" / "index").exists():
-                classifier_index = LabelIndex.load(directory / "classifiers" / "index")
-            fusion = ScoreFusion.load(directory / "fusion")
-        ranker = SparseRanker.load(directory / "ranker") if (directory / "ranker").exists() else None
-        history = json.loads((directory / "history.json").read_text()) if (directory / "history.json").exists() else {}
+        label_embeddings = load_npy(directory / "label_embeddings" / "embeddings.npy", "label_embeddings",
+                                    shape=(n_labels, encoder.dim), mmap=True)
+        label_index = LabelIndex.load(directory / "label_embeddings" / "index", encoder.dim, n_labels,
+                                      component="label_embeddings")
+        knn = classifiers = classifier_index = fusion = ranker = None
+        if 2 in stages:
+            knn = TfidfKNN._read_components(directory / "tfidf")
+            if knn.n_labels != n_labels:
+                raise ModelError(f"tfidf: {directory / 'tfidf'}: {knn.n_labels} labels, the model has {n_labels}")
+            classifiers = LabelClassifiers.load(directory / "classifiers", n_labels, encoder.dim)
+            if classifiers.weight is not None:
+                classifier_index = LabelIndex.load(directory / "classifiers" / "index", encoder.dim, n_labels,
+                                                   component="classifiers")
+            fusion = ScoreFusion.load(directory / "fusion", n_labels)
+            if config.ranker.enabled:
+                ranker = SparseRanker.load(directory / "ranker", n_labels)
+                if ranker.n_features != knn.featurizer.n_features:
+                    raise ModelError(f"ranker: {directory / 'ranker'}: weights over {ranker.n_features} features, "
+                                     f"the TF-IDF featurizer gives {knn.featurizer.n_features}")
+        history = load_json(directory / "history.json", "model")
         model = cls(config, encoder, label_embeddings, label_index, knn, classifiers, classifier_index, fusion,
                     history, ranker)
-        model.load_label_texts(directory)
         load_label_state(model, directory)
         return model

@@ -25,7 +25,13 @@ from xmine.classifiers import LabelClassifiers
 from xmine.config import ClassifierConfig
 from xmine.encoders.base import Encoder, Prepared
 from xmine.mining.mips import remove_positives_and_duplicates
-from xmine.training.checkpoint import load_checkpoint, save_checkpoint
+from xmine.training.checkpoint import (
+    data_fingerprint,
+    generator_states,
+    load_checkpoint,
+    restore_generators,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +112,9 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
                       point_inputs: Prepared | None = None, checkpoint_path: str | Path | None = None,
                       resume: bool = False, progress: bool = True,
                       on_step: Callable[[int], None] | None = None,
-                      on_epoch_start: Callable[[int, int], None] | None = None) -> ClassifierHistory:
+                      on_epoch_start: Callable[[int, int], None] | None = None,
+                      config_fingerprint: dict[str, Any] | None = None,
+                      generators: dict[str, np.random.Generator] | None = None) -> ClassifierHistory:
     """Train `classifiers` in place on the (n, L) `labels`.
 
     Dense inputs come either from fixed `embeddings` (frozen encoder) or from `encoder` applied to
@@ -115,8 +123,12 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
 
     Under torchrun the loop is data-parallel: `config.batch_size` is the global batch, each rank takes a
     contiguous share of its rows (negatives are drawn for its own rows), DistributedDataParallel averages
-    the gradients, and rank 0 writes the checkpoint."""
+    the gradients, and rank 0 writes the checkpoint. The checkpoint also holds the states of `generators`
+    (the random streams the `negatives` function draws from), so a resumed run continues them exactly, and the
+    labels' fingerprint with `config_fingerprint` (default: `config`): resuming from one that differs is refused."""
     labels = sp.csr_matrix(labels)
+    generators = generators or {}
+    fingerprint = {"data": data_fingerprint(labels), "config": config_fingerprint or config.to_dict()}
     keep = np.flatnonzero(np.diff(labels.indptr) > 0)
     trainable_encoder = encoder is not None and config.finetune_encoder
     progress = progress and distributed.is_main()
@@ -135,15 +147,17 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
     history = ClassifierHistory()
     first_epoch, step = 0, 0
     if resume and checkpoint_path is not None:
-        state = load_checkpoint(checkpoint_path)
-        if state is not None:
-            classifiers.load_state_dict(state["classifiers"])
-            for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+        loaded = load_checkpoint(checkpoint_path, fingerprint)
+        if loaded is not None:
+            tensors, meta = loaded
+            classifiers.load_state_dict(tensors["classifiers"])
+            for opt, opt_state in zip(optimizers, tensors["optimizers"], strict=True):
                 opt.load_state_dict(opt_state)
             if trainable_encoder:
-                encoder.load_state_dict(state["encoder"])
-            history = ClassifierHistory([ClassifierEpoch(**e) for e in state["history"]])
-            first_epoch, step = state["epoch"] + 1, state["step"]
+                encoder.load_state_dict(tensors["encoder"])
+            restore_generators(generators, meta["generators"], checkpoint_path)
+            history = ClassifierHistory([ClassifierEpoch(**e) for e in meta["history"]])
+            first_epoch, step = meta["epoch"] + 1, meta["step"]
     device = classifiers.bias.device
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
@@ -201,11 +215,12 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
         log.info("classifiers epoch %d/%d: loss %.4f, %.1fs (%.0f points/s, negatives %.1fs)", epoch + 1,
                  config.epochs, record.loss, seconds, record.points_per_s, neg_seconds)
         if checkpoint_path is not None and distributed.is_main():
-            state = {"epoch": epoch, "step": step, "classifiers": classifiers.state_dict(),
-                     "optimizers": [o.state_dict() for o in optimizers], "history": history.to_list()}
+            tensors = {"classifiers": classifiers.state_dict(), "optimizers": [o.state_dict() for o in optimizers]}
             if trainable_encoder:
-                state["encoder"] = encoder.state_dict()
-            save_checkpoint(checkpoint_path, state)
+                tensors["encoder"] = encoder.state_dict()
+            save_checkpoint(checkpoint_path, tensors, {"epoch": epoch, "step": step, "history": history.to_list(),
+                                                       "generators": generator_states(generators),
+                                                       "fingerprint": fingerprint})
         distributed.barrier()
     model.eval()
     return history

@@ -25,7 +25,7 @@ from xmine.encoders.base import Encoder, Prepared
 from xmine.errors import XmineError
 from xmine.losses import build_siamese_loss, in_batch_spread
 from xmine.mining.clusters import ClusterBatchSampler, ClusterSchedule
-from xmine.training.checkpoint import load_checkpoint, save_checkpoint
+from xmine.training.checkpoint import data_fingerprint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def loss_name_at(config: SiameseConfig, epoch: int) -> str:
 
 def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, labels: sp.csr_matrix,
                   config: SiameseConfig, checkpoint_path: str | Path | None = None, resume: bool = False,
-                  progress: bool = True) -> SiameseHistory:
+                  progress: bool = True, config_fingerprint: dict[str, Any] | None = None) -> SiameseHistory:
     """Train `encoder` in place. `labels` is the (n_points, n_labels) training label matrix;
     points without a label are skipped. With `checkpoint_path`, the state is saved atomically after
     every epoch, and `resume=True` continues from it with the same result as an uninterrupted run.
@@ -127,8 +127,10 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
     batch, each rank encodes its share, the similarity matrix and loss are over the whole global batch
     (all-gathered embeddings), and DistributedDataParallel averages the gradients, so N ranks compute
     the same step as one process with the same global batch. Rank 0 writes the checkpoint; it holds no
-    per-rank state, so a run can resume with a different number of ranks."""
+    per-rank state, so a run can resume with a different number of ranks. The checkpoint records the
+    labels' fingerprint and `config_fingerprint` (default: `config`); resuming from one that differs is refused."""
     labels = sp.csr_matrix(labels)
+    fingerprint = {"data": data_fingerprint(labels), "config": config_fingerprint or config.to_dict()}
     keep = np.flatnonzero(np.diff(labels.indptr) > 0)
     if keep.size < 2:
         raise XmineError("Siamese training needs at least 2 training points with labels")
@@ -153,14 +155,15 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
     history = SiameseHistory()
     first_epoch = 0
     if resume and checkpoint_path is not None:
-        state = load_checkpoint(checkpoint_path)
-        if state is not None:
-            encoder.load_state_dict(state["encoder"])
-            for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
+        loaded = load_checkpoint(checkpoint_path, fingerprint)
+        if loaded is not None:
+            tensors, meta = loaded
+            encoder.load_state_dict(tensors["encoder"])
+            for opt, opt_state in zip(optimizers, tensors["optimizers"], strict=True):
                 opt.load_state_dict(opt_state)
-            sampler.load_state_dict(state["sampler"])
-            history = SiameseHistory([EpochRecord(**e) for e in state["history"]])
-            first_epoch = state["epoch"] + 1
+            sampler.load_state_dict(meta["sampler"])
+            history = SiameseHistory([EpochRecord(**e) for e in meta["history"]])
+            first_epoch = meta["epoch"] + 1
             log.info("resuming Siamese training at epoch %d", first_epoch)
 
     for epoch in range(first_epoch, config.epochs):
@@ -222,9 +225,10 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
                  "in-batch cos pos %.3f neg %.3f", epoch + 1, config.epochs, loss_name, record.loss, seconds,
                  record.points_per_s, cluster_size, refresh_seconds, pos_cos, neg_cos)
         if checkpoint_path is not None and distributed.is_main():
-            save_checkpoint(checkpoint_path, {"epoch": epoch, "encoder": encoder.state_dict(),
-                                              "optimizers": [o.state_dict() for o in optimizers],
-                                              "sampler": sampler.state_dict(), "history": history.to_list()})
+            save_checkpoint(checkpoint_path, {"encoder": encoder.state_dict(),
+                                              "optimizers": [o.state_dict() for o in optimizers]},
+                            {"epoch": epoch, "sampler": sampler.state_dict(), "history": history.to_list(),
+                             "fingerprint": fingerprint})
         distributed.barrier()
     encoder.eval()
     return history
