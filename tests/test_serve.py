@@ -25,6 +25,7 @@ from xmine.config import KNNConfig
 from xmine.data import Dataset, Split, load_dataset
 from xmine.errors import XmineError
 from xmine.models import TfidfKNN, load_model
+from xmine.models.base import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 # the test server's limits (small, so that each bad-request class is cheap to provoke)
@@ -161,14 +162,19 @@ def test_every_method_stores_its_label_texts(ds, tiny_model_dir, tmp_path, metho
 def test_label_texts_missing_or_corrupt(knn_dir, tmp_path, texts):
     old = tmp_path / "old"
     shutil.copytree(knn_dir, old)
-    (old / "labels.jsonl").unlink()  # a directory saved before label texts were stored
+    (old / "labels.jsonl").unlink()  # as a model trained without label texts (manifest re-signed below)
+    write_manifest(old)
     ranked = load_model(old).predict_labels(texts[:2], k=3)
     assert all(name is None for labels in ranked for _, name, _ in labels)
     lines = (knn_dir / "labels.jsonl").read_text(encoding="utf-8").splitlines()
     (old / "labels.jsonl").write_text("\n".join(lines[:5] + ["not json"] + lines[6:]) + "\n", encoding="utf-8")
-    with pytest.raises(XmineError, match=r"labels.jsonl, line 6: not a JSON string"):
+    with pytest.raises(XmineError, match=r"labels.jsonl: does not match the checksum"):
+        load_model(old)
+    write_manifest(old)
+    with pytest.raises(XmineError, match=r"labels.jsonl: line 6: not a JSON string"):
         load_model(old)
     (old / "labels.jsonl").write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+    write_manifest(old)
     with pytest.raises(XmineError, match="label texts but the model has"):
         load_model(old)
 

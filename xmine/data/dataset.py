@@ -92,6 +92,19 @@ def _check_rows(path: Path, n: int, other: Path, n_other: int, what: str, header
 def _check_label_count(trn: Path, L_trn: int, tst: Path, L_tst: int) -> None:
     if L_trn != L_tst:
         raise DataFormatError(tst, f"has {L_tst} label columns but {trn.name} has {L_trn}", 1)
+    if L_trn == 0:
+        raise DataFormatError(trn, "declares 0 labels; a dataset needs at least one label", 1)
+
+
+def _check_label_values(path: Path, labels: sp.csr_matrix, header: bool = True) -> None:
+    """Label files list each point's relevant labels with a positive value (1, or a graded relevance);
+    a 0 or negative value is not a relevant label and would be counted as one."""
+    bad = np.flatnonzero(~(labels.data > 0))
+    if bad.size:
+        row = int(np.searchsorted(labels.indptr, bad[0], side="right") - 1)
+        raise DataFormatError(path, f"label {int(labels.indices[bad[0]])} has value {labels.data[bad[0]]:g}; label "
+                              "values must be positive (1 marks a relevant label; leave irrelevant labels out)",
+                              row + (2 if header else 1))
 
 
 def _load_texts(path: Path, labels_path: Path, n: int) -> list[str]:
@@ -165,6 +178,9 @@ def _load_text_xy(d: Path, text_variant: str, label_text_variant: str, with_test
     Yte = read_sparse_matrix(tst_y) if with_test else None
     if Yte is not None:
         _check_label_count(trn_y, Ytr.shape[1], tst_y, Yte.shape[1])
+    _check_label_values(trn_y, Ytr)
+    if Yte is not None:
+        _check_label_values(tst_y, Yte)
     L = Ytr.shape[1]
     suffix = "_title" if text_variant == "title" else ""
     why = f"text_variant={text_variant!r}"
@@ -205,6 +221,9 @@ def _load_sparse_xy(d: Path) -> Dataset:
     Yte = read_sparse_matrix(tst_y) if with_test else None
     if Yte is not None:
         _check_label_count(trn_y, Ytr.shape[1], tst_y, Yte.shape[1])
+    _check_label_values(trn_y, Ytr)
+    if Yte is not None:
+        _check_label_values(tst_y, Yte)
     L = Ytr.shape[1]
     n_test = None if Yte is None else Yte.shape[0]
     Xtr, Xte = _load_features(d, Ytr.shape[0], n_test, trn_y, tst_y)
@@ -258,12 +277,16 @@ def _load_jsonl(d: Path, trn: Path, tst: Path | None, text_variant: str, label_t
     if lbl is not None:
         lbl_titles, lbl_contents, _, _ = read_jsonl(lbl, require_targets=False)
         n_labels = len(lbl_titles)
+        if n_labels == 0:
+            raise DataFormatError(lbl, "declares 0 labels (no records); a dataset needs at least one label")
     trn_titles, trn_contents, Ytr, _ = read_jsonl(trn, n_labels=n_labels)
     Yte = tst_texts = None
     if tst is not None:
         tst_titles, tst_contents, Yte, _ = read_jsonl(tst, n_labels=n_labels)
         tst_texts = _join_text(tst_titles, tst_contents, text_variant)
     assert Ytr is not None  # require_targets=True
+    if n_labels is None and max(Ytr.shape[1], 0 if Yte is None else Yte.shape[1]) == 0:
+        raise DataFormatError(trn, "has no labels in any record; a dataset needs at least one label")
     if n_labels is None:
         # Without lbl.json the label space is what the splits use; widen the narrower matrix.
         n_labels = max(Ytr.shape[1], Yte.shape[1] if Yte is not None else 0)
@@ -337,11 +360,36 @@ def load_dataset(
     trn_json, tst_json = _json_file(d, "trn"), _json_file(d, "tst")
     if trn_json is not None:
         return _load_jsonl(d, trn_json, tst_json, text_variant, label_text_variant)
+    _name_the_missing_file(d)
     raise DataFormatError(
         d,
         "no known dataset layout; looked for trn_X.txt + trn_X_Y.txt (+ tst_X.txt + tst_X_Y.txt), "
         "or trn_X_Xf.txt + trn_X_Y.txt, or trn_data.txt, or trn.json[.gz] (each with optional test files)",
     )
+
+
+_LAYOUT_FILES = (("trn_X.txt", "tst_X.txt", "trn_X_Y.txt", "tst_X_Y.txt"), ("trn_X_Xf.txt", "trn_X_Y.txt"),
+                 ("trn_data.txt", "tst_data.txt"), ("trn.json", "tst.json"))
+
+
+def _name_the_missing_file(d: Path) -> None:
+    """When no layout is complete but files of one are there, the error names the file that is missing or
+    is not a regular file (a directory in its place, say), rather than only 'no known layout'."""
+    best = None
+    for names in _LAYOUT_FILES:
+        present = [n for n in names if (d / n).exists() or (n.endswith(".json") and (d / f"{n}.gz").exists())]
+        if present and (best is None or len(present) > len(best[1])):
+            best = (names, present)
+    if best is None:
+        return
+    names, present = best
+    for n in names:
+        p = d / n
+        if p.exists() and not p.is_file():
+            raise DataFormatError(p, "is a directory (or not a regular file), expected a data file")
+    missing = next(n for n in names if n not in present)
+    raise DataFormatError(d / missing, f"file not found (the dataset has {', '.join(present)}; this layout also "
+                          f"needs {' + '.join(n for n in names if n not in present)})")
 
 
 # --------------------------------------------------------------------------- statistics

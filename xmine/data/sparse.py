@@ -19,6 +19,7 @@ few), and blank lines after the declared rows are ignored.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +79,13 @@ def _show(token: bytes, limit: int = 40) -> str:
 # --------------------------------------------------------------------------- header and row region
 
 
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 2**62
+
+
 def _read_header(path: str | Path, data: bytes, fields: tuple[str, ...]) -> tuple[list[int], int]:
     """Parse the header line; returns its integers and the offset of the first row."""
     spec = " ".join(fields)
@@ -100,6 +108,10 @@ def _read_header(path: str | Path, data: bytes, fields: tuple[str, ...]) -> tupl
             raise DataFormatError(path, f"header field {name} is not a non-negative integer: {part!r}", 1)
         if int(part) > _MAX_DIM:
             raise DataFormatError(path, f"header field {name} = {part} is implausibly large", 1)
+        if int(part) * 8 > _memory_bytes():  # one int64 per row or column is the least any use allocates
+            raise DataFormatError(path, f"header field {name} = {part} is more than this machine's memory allows "
+                                  f"({int(part) * 8 / 2**30:.0f} GiB for one 8-byte value each, "
+                                  f"{_memory_bytes() / 2**30:.0f} GiB of memory)", 1)
     return [int(p) for p in parts], end + 1
 
 
@@ -536,6 +548,8 @@ def read_filter_pairs(path: str | Path, n_rows: int | None = None, n_labels: int
     """Read ``row label`` lines into an ``(m, 2)`` int64 array, checked against the bounds if given.
     Blank lines are allowed only at the end; an empty file means no pairs."""
     data = read_bytes(path)
+    if data.startswith(b"\xef\xbb\xbf"):  # a BOM, as the other readers accept
+        data = data[3:]
     body = data.rstrip()
     if not body:
         return np.zeros((0, 2), dtype=np.int64)

@@ -193,6 +193,9 @@ def _check_targets(
             finite = False
         if not finite:
             raise DataFormatError(path, f'"target_rel" entry {_short(v)} is not a finite number', line)
+        if v <= 0:
+            raise DataFormatError(path, f'"target_rel" entry {_short(v)} is not positive (a relevance must be > 0; '
+                                  "leave irrelevant labels out)", line)
     return ind, rel
 
 
@@ -286,7 +289,7 @@ def _targets_to_csr(
             if ok:
                 try:
                     rel64 = np.array(flat_rel, dtype=np.float64)
-                    ok = bool(np.isfinite(rel64).all())
+                    ok = bool(np.isfinite(rel64).all() and (rel64 > 0).all())
                 except OverflowError:  # an int beyond float range
                     ok = False
             if ok:
