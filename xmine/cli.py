@@ -218,7 +218,7 @@ def load_predictions(path: str | Path) -> sp.csr_matrix:
     try:
         return load_sparse_npz(path, "predictions")
     except ModelError as exc:
-        raise DataFormatError(path, f"not a valid prediction file ({exc.problem})") from None
+        raise DataFormatError(path, f"not a prediction file written by `xmine predict` ({exc.problem})") from None
 
 
 def read_input_texts(source: str) -> list[str]:
