@@ -128,8 +128,8 @@ DATA_CASES: dict[str, tuple[dict, str, int | None, str]] = {
     "train label file missing": (with_change(TEXT_XY, trn_X_Y__txt=None, trn_X_Xf__txt=None), "trn_X_Y.txt", None,
                                  "file not found"),
     "test features missing": (with_change(SPARSE_XY, tst_X_Xf__txt=None), "tst_X_Xf.txt", None, "file not found"),
-    "test single file missing": (with_change(SINGLE, tst_data__txt=None), "tst_data.txt", None, "file not found"),
-    "test json missing": (with_change(JSONL, tst__json=None), "tst.json", None, "file not found"),
+    "train single file missing": (with_change(SINGLE, trn_data__txt=None), "trn_data.txt", None, "file not found"),
+    "train json missing": (with_change(JSONL, trn__json=None), "trn.json", None, "file not found"),
     # features
     "feature value nan": (with_change(SPARSE_XY, trn_X_Xf__txt="4 5\n0:nan\n2:1\n3:1\n1:1\n"), "trn_X_Xf.txt", 2,
                           "malformed|finite"),

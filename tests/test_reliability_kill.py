@@ -28,7 +28,7 @@ from xmine.models import NGAME, TfidfKNN, load_model
 from xmine.models.base import MANIFEST_FILE
 
 REPO = Path(__file__).resolve().parents[1]
-KNN_FRESH_STEPS = ["created the temporary directory", "tfidf", "train.npz", MANIFEST_FILE,
+KNN_FRESH_STEPS = ["created the temporary directory", "tfidf", "train.npz", "labels.jsonl", MANIFEST_FILE,
                    "renamed new model into place"]
 KNN_OVER_STEPS = KNN_FRESH_STEPS[:-1] + ["renamed old model to backup", "renamed new model into place"]
 
@@ -101,8 +101,8 @@ def _check_kill(tmp_path: Path, small_hpo: Path, existing: Path | None, stop: in
     return steps[-1], result
 
 
-EXPECTED_FRESH = {1: "refused", 2: "refused", 3: "refused", 4: "new", 5: "new"}
-EXPECTED_OVER = {1: "old", 2: "old", 3: "old", 4: "old", 5: "new", 6: "new"}
+EXPECTED_FRESH = {1: "refused", 2: "refused", 3: "refused", 4: "refused", 5: "new", 6: "new"}
+EXPECTED_OVER = {1: "old", 2: "old", 3: "old", 4: "old", 5: "old", 6: "new", 7: "new"}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_kill_during_training_save_into_a_fresh_directory(small_hpo, tmp_path, s
         assert "no model directory" in result
 
 
-@pytest.mark.parametrize("stop", [pytest.param(s, marks=[] if s == 5 else pytest.mark.slow) for s in EXPECTED_OVER])
+@pytest.mark.parametrize("stop", [pytest.param(s, marks=[] if s == 6 else pytest.mark.slow) for s in EXPECTED_OVER])
 def test_kill_during_training_save_over_an_existing_model(small_hpo, old_knn, tmp_path, stop):
     step, result = _check_kill(tmp_path, small_hpo, old_knn, stop)
     assert step == KNN_OVER_STEPS[stop - 1]
@@ -130,7 +130,8 @@ def test_kill_during_training_save_over_an_existing_model(small_hpo, old_knn, tm
 
 SAVE_SCRIPT = "import sys; from xmine.models import load_model; load_model(sys.argv[1]).save(sys.argv[2])"
 NGAME_STEPS = ["created the temporary directory", "encoder", "label_embeddings", "tfidf", "classifiers", "ranker",
-               "fusion", "history.json", MANIFEST_FILE, "renamed old model to backup", "renamed new model into place"]
+               "fusion", "history.json", "labels.jsonl", MANIFEST_FILE, "renamed old model to backup",
+               "renamed new model into place"]
 
 
 @pytest.mark.slow
@@ -237,7 +238,7 @@ def test_resume_refuses_another_dataset_and_changed_hyper_parameters(small_hpo, 
 
     ds = load_dataset(small_hpo)
     config = tiny_ngame_config(tiny_model_dir, stages=[1])
-    NGAME.train(ds, config, out_dir=tmp_path, progress=False)
+    NGAME.train(ds, config, out_dir=tmp_path, progress=False, keep_checkpoints=True)
     other = load_dataset(small_hpo)
     other.train.labels = other.train.labels[::-1].tocsr()  # same shape, other labels
     with pytest.raises(ModelError, match="stage1.pt: checkpoint was written for other training data"):
@@ -247,7 +248,7 @@ def test_resume_refuses_another_dataset_and_changed_hyper_parameters(small_hpo, 
         NGAME.train(ds, changed, out_dir=tmp_path, resume=True, progress=False)
     # runtime settings (threads, device) may change on resume
     NGAME.train(ds, config.replace(encoder=config.encoder.replace(num_threads=1)), out_dir=tmp_path, resume=True,
-                progress=False)
+                progress=False, keep_checkpoints=True)
 
 
 def test_checkpoint_fingerprint_names_the_difference():

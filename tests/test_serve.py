@@ -162,21 +162,21 @@ def test_every_method_stores_its_label_texts(ds, tiny_model_dir, tmp_path, metho
 def test_label_texts_missing_or_corrupt(knn_dir, tmp_path, texts):
     old = tmp_path / "old"
     shutil.copytree(knn_dir, old)
-    (old / "labels.jsonl").unlink()  # as a model trained without label texts (manifest re-signed below)
-    write_manifest(old)
-    ranked = load_model(old).predict_labels(texts[:2], k=3)
-    assert all(name is None for labels in ranked for _, name, _ in labels)
     lines = (knn_dir / "labels.jsonl").read_text(encoding="utf-8").splitlines()
     (old / "labels.jsonl").write_text("\n".join(lines[:5] + ["not json"] + lines[6:]) + "\n", encoding="utf-8")
     with pytest.raises(XmineError, match=r"labels.jsonl: does not match the checksum"):
         load_model(old)
-    write_manifest(old)
+    write_manifest(old)  # as if saved so: the loader's own check
     with pytest.raises(XmineError, match=r"labels.jsonl: line 6: not a JSON string"):
         load_model(old)
     (old / "labels.jsonl").write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
     write_manifest(old)
     with pytest.raises(XmineError, match="label texts but the model has"):
         load_model(old)
+    (old / "labels.jsonl").unlink()  # as a model trained without label texts
+    write_manifest(old)
+    ranked = load_model(old).predict_labels(texts[:2], k=3)
+    assert all(name is None for labels in ranked for _, name, _ in labels)
 
 
 # -------------------------------------------------------------------------------------------------- server

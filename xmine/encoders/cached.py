@@ -67,7 +67,12 @@ class CachedTransformerEncoder(Encoder):
             key.update(text.encode("utf-8", "replace") + b"\0")
         path = cache_dir() / f"features-{key.hexdigest()}.npy"
         if path.exists():
-            return CachedVectors(np.load(path, mmap_mode="r"))
+            try:  # a damaged or foreign cache file is recomputed, never unpickled
+                cached = np.load(path, mmap_mode="r", allow_pickle=False)
+                if cached.dtype == np.float32 and cached.shape == (len(texts), self.backbone.dim):
+                    return CachedVectors(cached)
+            except (ValueError, OSError, EOFError):
+                pass
         vectors = self.backbone.encode(list(texts), progress=len(texts) > 5000, desc="cache transformer features")
         # a read-only cache directory is not fatal: the features are simply not cached
         with contextlib.suppress(OSError):

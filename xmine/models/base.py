@@ -175,8 +175,11 @@ class XMCModel:
         return "higher is better; scores are comparable within one model only"
 
     def load_label_texts(self, directory: str | Path) -> None:
-        """Read `labels.jsonl` if the directory has one (a model trained without label texts has none)."""
-        self.label_texts = read_label_texts(directory, self.n_labels)
+        """Read `labels.jsonl` if the model saved one (a model trained without label texts has none); a file of
+        that name added after the save is not part of the model (the manifest does not list it)."""
+        manifest = Path(directory) / MANIFEST_FILE
+        listed = not manifest.is_file() or LABEL_TEXTS_FILE in load_json(manifest, "model").get("files", {})
+        self.label_texts = read_label_texts(directory, self.n_labels) if listed else None
 
 
 def ranked_labels(pred: sp.csr_matrix, label_texts: list[str] | None) -> list[list[LabelPrediction]]:
