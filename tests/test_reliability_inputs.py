@@ -327,7 +327,7 @@ def test_bad_cli_value_is_a_clear_error_before_training(tmp_path, capsys, case):
 
 PREDICT_CASES = {
     "-k 0": (["-k", "0"], "k must be"),
-    "model directory missing": (["MODEL=/nonexistent/model"], "no model directory"),
+    "model directory missing": (["MODEL=/nonexistent/model"], "not a model directory"),
     "model directory without manifest": (["NO_MANIFEST"], "older xmine"),
     "--out is a directory": (["OUT_IS_DIR"], "is a directory"),
     "dataset of another label count": (["OTHER_DATA"], "labels"),

@@ -118,7 +118,7 @@ def test_kill_during_training_save_into_a_fresh_directory(small_hpo, tmp_path, s
     assert step == KNN_FRESH_STEPS[stop - 1]
     assert result.split(":")[0] == EXPECTED_FRESH[stop], result
     if result.startswith("refused"):
-        assert "no model directory" in result
+        assert "not a model directory (it does not exist" in result
 
 
 @pytest.mark.parametrize("stop", [pytest.param(s, marks=[] if s == 6 else pytest.mark.slow) for s in EXPECTED_OVER])

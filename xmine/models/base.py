@@ -404,8 +404,8 @@ def open_model_dir(directory: str | Path) -> Path:
             log.warning("%s is missing: a save into it was interrupted; loading the complete model it left in %s "
                         "(the next save into %s cleans up)", final, candidate, final)
             return candidate
-    hint = f" (an interrupted save left only incomplete files: {leftovers[0].name})" if leftovers else ""
-    raise ModelError(f"{final}: no model directory{hint}")
+    hint = f"; an interrupted save left only incomplete files: {leftovers[0].name}" if leftovers else ""
+    raise ModelError(f"{final}: not a model directory (it does not exist{hint})")
 
 
 _test_steps = {"done": 0}
