@@ -308,13 +308,13 @@ def test_a_crash_while_saving_leaves_the_old_model(trained_dir, tmp_path, monkey
     load_model(trained_dir).save(model_dir)
     model = load_model(model_dir)
     model.add_labels(["a new label"])
-    real_save = NGAME.save
+    real_write = NGAME._write_components
 
-    def crashing_save(self, directory):
-        real_save(self, directory)
+    def crashing_write(self, directory, extra=None):
+        real_write(self, directory, extra)  # every file written, then the disk fills up
         raise OSError("disk full")
 
-    monkeypatch.setattr(NGAME, "save", crashing_save)
+    monkeypatch.setattr(NGAME, "_write_components", crashing_write)
     with pytest.raises(OSError):
         update_model_dir(model, model_dir)
     assert load_model(model_dir).n_labels == model.n_labels - 1

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -506,33 +504,9 @@ def top_k_enabled(model: Any, emb: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 
 # ------------------------------------------------------------------------------------------- model dirs
 def update_model_dir(model: Any, directory: str | Path) -> None:
-    """Save `model` over `directory` so that the directory holds the old model or the new one, whole: the new
-    one is written to a sibling temporary directory and swapped in by renames."""
-    directory = Path(directory)
-    tmp = directory.parent / f".{directory.name}.new-{os.getpid()}"
-    old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save(tmp)
-        _copy_extra_files(directory, tmp)
-        os.rename(directory, old)
-        os.rename(tmp, directory)
-    except BaseException:
-        if old.exists() and not directory.exists():
-            os.rename(old, directory)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _copy_extra_files(src: Path, dst: Path) -> None:
-    """Files of the old directory that the model does not write itself (e.g. training logs) move across."""
-    for path in src.iterdir():
-        if not (dst / path.name).exists() and not path.name.startswith("."):
-            if path.is_dir():
-                shutil.copytree(path, dst / path.name)
-            else:
-                shutil.copy2(path, dst / path.name)
+    """Save `model` over `directory`: `model.save` writes a sibling directory and swaps it in by renames, so the
+    directory holds the old model or the new one, whole."""
+    model.save(directory)
 
 
 def read_label_file(path: str | Path) -> tuple[list[str], list[str | None]]:
