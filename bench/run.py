@@ -44,11 +44,12 @@ QUICK_SETS = ["siamese.epochs=6", "classifier.epochs=3"]
 
 
 def xmine_runs(suite: str, dataset: str, quick: bool) -> list[tuple[str, str, list[str]]]:
-    """(label, method, --set overrides) of the xmine runs of a suite on a dataset."""
+    """(label, method, --set overrides or "@preset") of the xmine runs of a suite on a dataset."""
     extra = QUICK_SETS if quick else []
     if suite == "main":
         runs = [("knn baseline", "knn", []),
                 ("NGAME", "ngame", extra),
+                ("NGAME fast", "ngame", ["@fast"] + extra),
                 ("NGAME stage 1, random batches", "ngame", ["stages=[1]", "siamese.batching=random"] + extra[:1]),
                 ("MIPS negatives", "mips", ["classifier.epochs=3"] if quick else [])]
         if dataset in ("hpo", "debian-title"):  # the transformer sees at most 32 tokens: titles suffice
@@ -107,8 +108,8 @@ def run_suite(suite: str, datasets: list[str], quick: bool, force: bool, peers: 
             if measure and (force or not out.exists()):
                 cmd = [sys.executable, "-m", "bench.run_xmine", "--method", method, "--data", str(data),
                        "--text-variant", variant, "--label", label, "--threads", str(threads), "--out", str(out)]
-                for s in sets:
-                    cmd += ["--set", s]
+                for s in sets:  # "@name": a preset (--config name); the rest: --set overrides
+                    cmd += ["--config", s[1:]] if s.startswith("@") else ["--set", s]
                 run(cmd, out.with_suffix(".log"))
             if out.exists():
                 results.append({**json.loads(out.read_text()), "dataset_key": key})
@@ -196,15 +197,18 @@ def kept(r: dict) -> bool:
 
 
 def table(results: list[dict], negatives_column: bool = False) -> str:
-    head = ("| dataset | method | scores | P@1 | P@3 | P@5 | nDCG@5 | PSP@1 | PSP@3 | PSP@5 | train s | "
+    head = ("| dataset | method | scores | P@1 | P@3 | P@5 | nDCG@5 | PSP@1 | PSP@3 | PSP@5 | train s (x PECOS) | "
             + ("re-index + negatives s (share of train) | " if negatives_column else "")
-            + "predict pts/s | latency p50/p99 ms | peak MiB | model MiB |")
+            + "predict pts/s (x PECOS) | latency p50/p99 ms | peak MiB | model MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    pecos = {r["dataset_key"]: r for r in results if r.get("label") == PECOS_LABEL}
     for r in results:
+        ref = pecos.get(r["dataset_key"])
         for kind, m in r.get("metrics", {}).items():
             first = kind == next(iter(r["metrics"]))
-            timing = [f"{r.get('train_seconds', 0):.0f}"] + ([negatives_cost(r)] if negatives_column else []) + [
-                f"{r.get('predict_points_per_s', 0):.0f}",
+            timing = [f"{r.get('train_seconds', 0):.0f}" + _ratio(r, ref, "train_seconds")] + (
+                [negatives_cost(r)] if negatives_column else []) + [
+                f"{r.get('predict_points_per_s', 0):.0f}" + _ratio(r, ref, "predict_points_per_s"),
                 f"{r.get('latency_ms_p50', 0):.1f} / {r.get('latency_ms_p99', 0):.1f}",
                 f"{r.get('peak_rss_mb', 0):.0f}",
                 "" if r.get("model_size_mb") is None else f"{r['model_size_mb']:.0f}" + ("*" if kept(r) else "")]
@@ -215,6 +219,88 @@ def table(results: list[dict], negatives_column: bool = False) -> str:
                                                                  "PSP@5")]
             lines.append("| " + " | ".join(cells + timing) + " |")
     return "\n".join(lines)
+
+
+PECOS_LABEL = "PECOS XR-Linear"  # the reference of the ratio columns: the peers' fastest, on standard features
+
+
+def _ratio(r: dict, ref: dict | None, key: str) -> str:
+    """` (3.2x)`: r's value of `key` as a multiple of the reference run's (empty without one)."""
+    if ref is None or r is ref or not ref.get(key) or r.get(key) is None:
+        return ""
+    x = r[key] / ref[key]
+    return f" ({x:.2g}x)" if x < 10 else f" ({x:.0f}x)"
+
+
+# per-stage seconds in an NGAME run's history (stage 2's steps) and in its batched prediction
+TRAIN_STAGES = (("stage 1", "stage1_seconds"), ("TF-IDF", "tfidf_seconds"),
+                ("encode points", "encode_points_seconds"), ("shortlist", "shortlist_seconds"),
+                ("classifiers", "classifiers_seconds"), ("ranker fit", "ranker_fit_seconds"),
+                ("fusion", "fusion_seconds"), ("ranker refit", "ranker_refit_seconds"),
+                ("ranker total", "ranker_seconds"), ("stage 2", "stage2_seconds"))
+PREDICT_STAGES = ("encode", "featurize", "search", "score", "fuse")
+
+
+def stage_table(results: list[dict]) -> str:
+    """Where an NGAME run's time goes: training per stage (stage 2 per step) and batched prediction per step, in
+    seconds (empty: not recorded by the version that produced the result)."""
+    head = ("| dataset | run | " + " | ".join(name for name, _ in TRAIN_STAGES) + " | train total | predict: "
+            + " / ".join(PREDICT_STAGES) + " |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        if r.get("method") != "ngame" or "stage2_seconds" not in r.get("history", {}):
+            continue
+        h = r["history"]
+        cells = [f"{h[key]:.1f}" if key in h else "" for _, key in TRAIN_STAGES]
+        ps = r.get("predict_stage_seconds", {})
+        predict = " / ".join(f"{ps[k]:.1f}" for k in PREDICT_STAGES) if ps else ""
+        lines.append(f"| {r['dataset_key']} | {r['label']} | " + " | ".join(cells)
+                     + f" | {r.get('train_seconds', 0):.0f} | {predict} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def pareto_plot(results: list[dict], path: Path) -> bool:
+    """Per dataset, P@1 and PSP@5 against training seconds (log axis) for every xmine run with a model and every
+    peer: the cost/accuracy trade-off at a glance. Returns whether a plot was written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in dict.fromkeys(r["dataset_key"] for r in results)]
+    if not keys:
+        return False
+    fig, axes = plt.subplots(2, len(keys), figsize=(3.6 * len(keys), 6.4), squeeze=False)
+    markers = {}
+    for col, key in enumerate(keys):
+        rows = [r for r in results if r["dataset_key"] == key and r.get("train_seconds")]
+        for row_i, metric in enumerate(("P@1", "PSP@5")):
+            ax = axes[row_i][col]
+            for r in rows:
+                kind = "fused" if "fused" in r["metrics"] else next(iter(r["metrics"]))
+                label = r["label"]
+                marker = markers.setdefault(label, "osD^v<>pP*hX"[len(markers) % 12])
+                peer = bool(r.get("package"))
+                ax.scatter(r["train_seconds"], r["metrics"][kind][metric], marker=marker, s=36,
+                           color="tab:gray" if peer else "tab:blue", label=label)
+            ax.set_xscale("log")
+            ax.grid(True, alpha=0.3)
+            if row_i == 0:
+                ax.set_title(key)
+            if row_i == 1:
+                ax.set_xlabel("training seconds (log)")
+            if col == 0:
+                ax.set_ylabel(f"{metric} (%)")
+    handles = {}
+    for ax in axes.ravel():
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 5), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _versus(ngame: dict, peers: list[tuple[str, dict]]) -> tuple[str, str, str]:
@@ -328,8 +414,15 @@ def main() -> None:
                 "command": command.strip(), "wall_minutes": round((time.time() - start) / 60, 1),
                 "every_run_executed": args.force}
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    stages = stage_table(results)
+    pareto = BENCH / "results" / f"{name}-pareto.png"
+    has_plot = pareto_plot(results, pareto)
     text = (describe(meta, args.suite, args.quick, results) + "\n\n" + summary(results) + "\n\n"
-            + table(results, negatives_column=args.suite == "mips"))
+            + table(results, negatives_column=args.suite == "mips")
+            + ("\n\nAccuracy against training time (blue: xmine, grey: peers):\n\n"
+               f"![accuracy against training time](../{repo_relative(pareto)})" if has_plot else "")
+            + ("\n\nWhere NGAME's time goes (seconds; stage 2 by step; prediction of the test set in batches):\n\n"
+               + stages if stages else ""))
     (BENCH / "results" / f"{name}.md").write_text(text + "\n")
     if not args.report:
         (BENCH / "results" / f"{name}.json").write_text(json.dumps(results, indent=2, default=float))
@@ -344,7 +437,8 @@ def main() -> None:
         update_block(README, "SUMMARY", f"NGAME (fused scores) against the best of PECOS, Omikuji and napkinXC on "
                      f"each test set, {meta['date']}, {meta['machine']}; P@1 and PSP@5 in %. Full tables, "
                      "timings and model sizes: [docs/benchmarks.md](docs/benchmarks.md).\n\n"
-                     + short_summary(results))
+                     + short_summary(results)
+                     + (f"\n\n![accuracy against training time]({repo_relative(pareto)})" if has_plot else ""))
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--method", required=True, choices=["knn", "ngame", "mips", "zeroshot"])
     parser.add_argument("--data", required=True)
     parser.add_argument("--text-variant", default="full")
+    parser.add_argument("--config", default=None, help="config file or preset name (e.g. fast)")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--label", default=None, help="name of this run in the tables")
     parser.add_argument("--threads", type=int, default=2)
@@ -90,14 +91,15 @@ def main() -> None:
     ds = load_dataset(args.data, text_variant=args.text_variant)
     inv_p = inverse_propensity(ds.train.labels)
     result: dict = {"method": args.method, "label": args.label or args.method, "dataset": ds.name,
-                    "text_variant": ds.text_variant, "overrides": args.set, "threads": args.threads,
+                    "text_variant": ds.text_variant, "config_preset": args.config, "overrides": args.set,
+                    "threads": args.threads,
                     "n_train": ds.train.n_points, "n_test": ds.test.n_points, "n_labels": ds.n_labels,
                     "git_commit": git_commit()}
     if args.method == "zeroshot":
         run = zero_shot(ds, args)
     else:
         flags = {"threads": args.threads} if args.method != "knn" else {}
-        config = build_config(args.method, None, args.set, flags)
+        config = build_config(args.method, args.config, args.set, flags)
         result["config"] = config.to_dict()
         model_dir = Path(tempfile.mkdtemp(prefix="xmine-bench-"))
         start = time.perf_counter()
@@ -116,6 +118,8 @@ def main() -> None:
             preds[kind or "model"] = model.predict(ds.test, k=100, **({"scores": kind} if kind else {}))
             if predict_seconds is None:
                 predict_seconds = time.perf_counter() - start
+                # where the batched prediction's time went (encode / featurize / search / score / fuse)
+                result["predict_stage_seconds"] = dict(getattr(model, "last_predict_seconds", {}))
         first_kind = {"scores": kinds[0]} if kinds[0] else {}
         p50, p99 = latency_ms(lambda one: model.predict(one, k=100, **first_kind), Inputs.of(ds.test))
         run = {"train_seconds": train_seconds, "predictions": preds, "predict_seconds": predict_seconds,

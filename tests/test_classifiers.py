@@ -86,3 +86,38 @@ def test_sparse_part_reads_only_the_strongest_features():
     top2 = sp.csr_matrix(np.array([[0.0, 0.9, 0.0, 0.5, 0.0]], dtype=np.float32))
     cand = np.array([[0, 1, 2]])
     assert torch.allclose(clf.score(None, x, cand), clf.score(None, top2, cand))
+
+
+def test_row_sparse_updates_touch_only_the_scored_rows_and_match_adam_on_them():
+    """classifier.row_sparse_updates: the dense weights' step changes only the rows the batch scored; on a first
+    step (zero moments) lazy Adam computes Adam's update there, and Adam leaves the others unchanged too, so the two
+    models agree (to 1e-5: the two kernels round differently; the step itself is lr = 1e-2)."""
+    import torch
+
+    from xmine.config import ClassifierConfig
+    from xmine.training.classifiers import dense_optimizers
+
+    rng = np.random.default_rng(0)
+    n_labels, dim = 50, 8
+    emb = torch.from_numpy(rng.standard_normal((6, dim)).astype(np.float32))
+    cand = rng.integers(0, 20, size=(6, 4))  # labels 20..49 are never scored
+    target = torch.from_numpy(rng.random((6, 4)) > 0.5).float()
+    init = rng.standard_normal((n_labels, dim)).astype(np.float32)
+    weights = []
+    for sparse in (False, True):
+        clf = LabelClassifiers(n_labels, dim, "dense", sparse_grad=sparse)
+        clf.init_dense(init)
+        before = clf.weight.detach().clone()
+        opts = dense_optimizers(clf, ClassifierConfig(row_sparse_updates=sparse, features="dense"))
+        assert isinstance(opts[0], torch.optim.SparseAdam) == sparse
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(clf.score(emb, None, cand), target)
+        loss.backward()
+        assert clf.weight.grad.is_sparse == sparse
+        for opt in opts:
+            opt.step()
+        after = clf.weight.detach()
+        untouched = np.setdiff1d(np.arange(n_labels), cand)
+        assert torch.equal(after[untouched], before[untouched])
+        assert not torch.equal(after[np.unique(cand)], before[np.unique(cand)])
+        weights.append(after.clone())
+    torch.testing.assert_close(weights[0], weights[1], atol=1e-5, rtol=0)

@@ -89,3 +89,13 @@ def test_configuration_doc_is_generated_from_the_dataclasses_and_up_to_date():
     undocumented = [row.split("|")[1].strip() for row in rows if row.rstrip().endswith("|  |")]
     assert not undocumented, f"fields without a description (comment them in xmine/config.py): {undocumented}"
     assert main(["--check"]) == 0, "docs/configuration.md is out of date: run python -m xmine.config_docs"
+
+
+def test_the_fast_preset_is_the_default_with_a_cheaper_schedule():
+    from xmine.cli import build_config
+
+    fast, default = build_config("ngame", "fast", [], {}), NGAMEConfig()
+    assert fast.siamese.epochs < default.siamese.epochs and fast.classifier.epochs < default.classifier.epochs
+    assert not fast.ranker.refit_on_all and default.ranker.refit_on_all
+    assert fast.replace(siamese=default.siamese, classifier=default.classifier, ranker=default.ranker) == default
+    assert build_config("ngame", "fast", ["siamese.epochs=2"], {}).siamese.epochs == 2  # --set still wins

@@ -97,3 +97,23 @@ def test_streaming_build_equals_one_shot_build():
         LabelIndex.build_streaming([vectors], 7000, vectors, config)
     with pytest.raises(XmineError, match="divide"):
         LabelIndex.build(vectors, IndexConfig(kind="ivfpq", pq_bytes=5, exact_below=0))
+
+
+def test_search_breadth_is_set_per_call_without_changing_the_index():
+    """ef_search (HNSW) / nprobe (IVF) given to one search equal the index built with that setting, and the next
+    plain search uses the built one again."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    queries = rng.standard_normal((50, 16)).astype(np.float32)
+    for kind, key, narrow in (("hnsw", "ef_search", 4), ("ivf", "nprobe", 1)):
+        index = LabelIndex.build(vectors, IndexConfig(kind=kind, exact_below=0, ef_search=200, nprobe=32, nlist=32))
+        wide = index.search(queries, 10)[1]
+        once = index.search(queries, 10, **{key: narrow})[1]
+        if kind == "hnsw":
+            index._index.hnsw.efSearch = narrow
+        else:
+            index._index.nprobe = narrow
+        assert np.array_equal(once, index.search(queries, 10)[1])
+        assert not np.array_equal(once, wide)  # the narrow search misses some of the wide one's labels
+    with pytest.raises(XmineError, match="ef_search"):
+        index.search(queries, 10, ef_search=0)

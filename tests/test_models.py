@@ -3,6 +3,9 @@ randomly initialised encoder so that the suite stays fast."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -19,7 +22,7 @@ from xmine.config import (
     SiameseConfig,
 )
 from xmine.data import load_dataset
-from xmine.errors import XmineError
+from xmine.errors import ConfigError, XmineError
 from xmine.metrics import evaluate
 from xmine.models import NGAME, MIPSClassifier, TfidfKNN, load_model
 
@@ -283,3 +286,46 @@ def test_knn_with_lead_channel_round_trips(ds, tmp_path):
     loaded = load_model(tmp_path / "knn")
     assert loaded.featurizer.lead_words == 2
     assert (loaded.predict(ds.test, k=10) != pred).nnz == 0
+
+
+def test_prediction_settings_are_chosen_per_call(ds, ngame):
+    """PredictConfig: its defaults predict exactly as the trained model does; a smaller shortlist and fewer
+    candidate sources give predictions drawn from those sources only; explicit arguments override it."""
+    from xmine.config import PredictConfig
+
+    model, _ = ngame
+    base = model.predict(ds.test, k=10)
+    assert (model.predict(ds.test, k=10, config=PredictConfig()) != base).nnz == 0
+    assert set(model.last_predict_seconds) == {"encode", "featurize", "search", "score", "fuse"}
+    narrow = PredictConfig(shortlist_size=3, knn_shortlist=0, classifier_index=False)
+    pred = model.predict(ds.test, k=10, config=narrow)
+    emb = model.encode(list(ds.test.texts))
+    top3 = model.label_index.search(emb, 3)[1]
+    assert all(set(pred[i].indices) <= set(top3[i]) for i in range(pred.shape[0]))
+    assert (pred != base).nnz > 0
+    ranker = model.predict(ds.test, k=10, scores="ranker", config=PredictConfig(scores="classifier"))
+    assert (ranker != model.predict(ds.test, k=10, config=PredictConfig(scores="ranker"))).nnz == 0
+    with pytest.raises(ConfigError, match="shortlist_size"):
+        PredictConfig(shortlist_size=0)
+
+
+def test_cli_predict_set(ds, ngame, small_hpo, tmp_path):
+    """`xmine predict --predict-set key=value`: applied (same predictions as the API), unknown keys are errors."""
+    import subprocess
+    import sys
+
+    from xmine.cli import load_predictions
+
+    model, out = ngame
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "xmine", "-q", "predict", "--model", str(out), "--data", str(small_hpo), "-k", "5",
+           "--out", str(tmp_path / "p.npz"), "--predict-set", "shortlist_size=4", "--predict-set", "knn_shortlist=0"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    from xmine.config import PredictConfig
+
+    expected = model.predict(ds.test, k=5, config=PredictConfig(shortlist_size=4, knn_shortlist=0))
+    assert (load_predictions(tmp_path / "p.npz") != expected).nnz == 0
+    bad = subprocess.run(cmd[:-4] + ["--predict-set", "shortlist=4"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "shortlist" in bad.stderr and "Traceback" not in bad.stderr

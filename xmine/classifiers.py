@@ -42,8 +42,11 @@ def hash_pairs(labels: np.ndarray, features: np.ndarray, buckets: int) -> np.nda
 
 class LabelClassifiers(nn.Module):
     def __init__(self, n_labels: int, dim: int, features: FeatureSet, hash_buckets: int = 1 << 22,
-                 max_sparse_features: int = 32) -> None:
+                 max_sparse_features: int = 32, sparse_grad: bool = False) -> None:
         super().__init__()
+        # sparse_grad: the dense weights' gradient holds only the rows a batch scored (for a row-wise optimizer,
+        # whose step then costs those rows, not all L); a training setting, not saved
+        self.sparse_grad = sparse_grad
         self.n_labels, self.dim_dense, self.features, self.hash_buckets = n_labels, dim, features, hash_buckets
         self.max_sparse_features = max_sparse_features
         self.use_dense = features in ("dense", "dense+sparse")
@@ -89,7 +92,9 @@ class LabelClassifiers(nn.Module):
             # score against the batch's distinct candidates only, then pick: avoids materialising a
             # (B, C, d) tensor of gathered weights (the dominant cost of a step otherwise)
             unique, inverse = torch.unique(cand, return_inverse=True)
-            dense = embeddings @ self.weight.index_select(0, unique).T  # (B, U)
+            rows = nn.functional.embedding(unique, self.weight, sparse=True) if self.sparse_grad else \
+                self.weight.index_select(0, unique)
+            dense = embeddings @ rows.T  # (B, U)
             out = out + dense.gather(1, inverse)
         if self.use_sparse:
             if sparse_x is None:

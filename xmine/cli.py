@@ -66,25 +66,43 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
-def build_config(method: str, config_file: str | None, overrides: list[str], flags: dict[str, Any]) -> Any:
-    from xmine.config import METHOD_CONFIGS, paper_presets
-
-    cls = METHOD_CONFIGS[method]
-    data: dict[str, Any] = {}
-    if config_file:
-        if config_file in paper_presets():
-            data = json.loads(json.dumps(paper_presets()[config_file]))
-        else:
-            data = cls.load(config_file).to_dict()
+def _apply_overrides(data: dict[str, Any], overrides: list[str], option: str) -> None:
     for item in overrides:
         if "=" not in item:
-            raise XmineError(f"--set expects key.path=value, got {item!r}")
+            raise XmineError(f"{option} expects key.path=value, got {item!r}")
         key, raw = item.split("=", 1)
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw  # bare strings need no quotes
         _set_path(data, key.strip(), value)
+
+
+def build_predict_config(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """`xmine predict`'s options for the model's predict: NGAME's PredictConfig from --scores and --predict-set."""
+    from xmine.config import PredictConfig
+    from xmine.models import NGAME
+
+    if not isinstance(model, NGAME):
+        if args.scores != "fused" or args.predict_set:
+            raise XmineError("--scores and --predict-set apply to NGAME models")
+        return {}
+    data: dict[str, Any] = {"scores": args.scores}
+    _apply_overrides(data, args.predict_set, "--predict-set")
+    return {"config": PredictConfig.from_dict(data, where="--predict-set")}
+
+
+def build_config(method: str, config_file: str | None, overrides: list[str], flags: dict[str, Any]) -> Any:
+    from xmine.config import METHOD_CONFIGS, presets
+
+    cls = METHOD_CONFIGS[method]
+    data: dict[str, Any] = {}
+    if config_file:
+        if config_file in presets():
+            data = json.loads(json.dumps(presets()[config_file]))
+        else:
+            data = cls.load(config_file).to_dict()
+    _apply_overrides(data, overrides, "--set")
     for flag, value in flags.items():
         if value is None:
             continue
@@ -254,15 +272,13 @@ def predict_texts(args: argparse.Namespace) -> int:
     """`xmine predict --input`: free texts in, named labels out (stdout or --out)."""
     from tqdm.auto import tqdm
 
-    from xmine.models import NGAME, load_model
+    from xmine.models import load_model
     from xmine.utils import atomic_write
 
     if args.split != "test" or args.text_variant:
         raise XmineError("--split and --text-variant apply to --data, not --input")
     model = load_model(args.model)
-    options = {"scores": args.scores} if isinstance(model, NGAME) else {}
-    if args.scores != "fused" and not options:
-        raise XmineError("--scores applies to NGAME models")
+    options = build_predict_config(args, model)
     args.format = args.format or "jsonl"
     texts = read_input_texts(args.input)
     chunk = 1024  # bounded memory per model call; output streams out chunk by chunk
@@ -320,11 +336,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if dataset.n_labels != model.n_labels:
         raise XmineError(f"the model has {model.n_labels} labels, the dataset {dataset.n_labels}")
     start = time.perf_counter()
+    options = build_predict_config(args, model)
     if isinstance(model, NGAME):
-        pred = model.predict(split, k=args.k, scores=args.scores, progress=not args.quiet)
+        pred = model.predict(split, k=args.k, progress=not args.quiet, **options)
     else:
-        if args.scores != "fused":
-            raise XmineError("--scores applies to NGAME models")
         pred = model.predict(split, k=args.k)
     seconds = time.perf_counter() - start
     save_predictions(args.out, pred)
@@ -574,13 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", **formatter, help="train a model",
                            description="Train a model. Configuration: defaults "
-                           "< --config FILE (JSON, or a preset name: ngame-paper, mips-paper) < --set < flags. "
+                           "< --config FILE (JSON, or a preset name: ngame-paper, mips-paper, fast) < --set < flags. "
                            "Data-parallel (ngame, mips): torchrun --nproc-per-node N -m xmine train ... "
                            "(gloo on CPUs, NCCL on GPUs; siamese.batch_size is then the global batch).")
     train.add_argument("--data", help="dataset directory")
     train.add_argument("--out", help="model directory to write")
     train.add_argument("--method", choices=["ngame", "mips", "knn"], default="ngame", help="what to train")
-    train.add_argument("--config", help="JSON config file, or a preset name (ngame-paper, mips-paper)")
+    train.add_argument("--config", help="JSON config file, or a preset name (ngame-paper, mips-paper, fast)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override any config value, e.g. --set siamese.lr=1e-3 (repeatable)")
     train.add_argument("--print-default-config", action="store_true",
@@ -635,6 +650,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-k", type=int, help="labels per text (default 10 with --input, 100 with --data)")
     predict.add_argument("--scores", choices=["fused", "encoder", "classifier", "ranker"], default="fused",
                          help="NGAME: which scores to return")
+    predict.add_argument("--predict-set", action="append", default=[], metavar="KEY=VALUE",
+                         help="NGAME prediction setting (PredictConfig), e.g. --predict-set shortlist_size=50, "
+                         "ef_search=64, nprobe=16, knn_shortlist=0, classifier_index=false, batch_size=256 "
+                         "(repeatable)")
     predict.add_argument("--text-variant", choices=["full", "title"], help="default: the one the model trained on")
     predict.set_defaults(func=cmd_predict)
 

@@ -322,6 +322,9 @@ class ClassifierConfig(Params):
     negatives_index: IndexConfig = field(default_factory=lambda: IndexConfig(
         kind="hnsw", M=32, ef_construction=100, ef_search=64, exact_below=20_000))
     finetune_encoder: bool = False
+    # update only the label rows a batch scores (row-wise "lazy" Adam) instead of all L rows of the dense weights:
+    # a step's cost no longer grows with L. Off by default: not yet measured on the benchmarks' accuracy
+    row_sparse_updates: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -346,6 +349,11 @@ class RankerConfig(Params):
     # all training points, as scikit-learn's stacking refits its base models: Bibtex ranker P@1 63.8 on 80% of
     # the points vs 65.3 on all of them. Costs a second fit.
     refit_on_all: bool = True
+    # dual coordinate descent stops when the largest projected gradient is below `tol` (liblinear's dual solvers
+    # use 0.1) or after `max_iter` passes over a label's rows; `seed` fixes the order of the coordinates
+    tol: float = 0.1
+    max_iter: int = 1000
+    seed: int = 0
     # train on the candidates the ranker will score at prediction time: the label-embedding ANN's and the TF-IDF
     # neighbours' plus the classifier index's (PECOS's matcher-aware negatives). Without the last, its candidates
     # are labels the ranker never learnt to reject.
@@ -354,6 +362,8 @@ class RankerConfig(Params):
     def validate(self) -> None:
         super().validate()
         _positive(self, "C")
+        _positive(self, "tol")
+        _positive(self, "max_iter")
         _non_negative(self, "prune_below")
 
 
@@ -441,6 +451,30 @@ class NewLabelsConfig(Params):
 
 
 @dataclass
+class PredictConfig(Params):
+    """NGAME's prediction-time settings, separate from training's: chosen per call (`NGAME.predict(...,
+    config=)`, `xmine predict --predict-set key=value`) without retraining. None keeps the trained model's value.
+
+    scores: "fused" (default), "encoder", "classifier" or "ranker"; shortlist_size: candidates per source from the
+    label-embedding and classifier ANN indexes (training: classifier.shortlist_size); knn_shortlist: labels taken
+    from the TF-IDF neighbours' votes (0: none); classifier_index: whether the classifier index proposes
+    candidates; ef_search / nprobe: the HNSW / IVF indexes' search breadth."""
+
+    scores: Literal["fused", "encoder", "classifier", "ranker"] = "fused"
+    batch_size: int = 1024
+    shortlist_size: int | None = None
+    knn_shortlist: int | None = None
+    classifier_index: bool = True
+    ef_search: int | None = None
+    nprobe: int | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        _positive(self, "batch_size", "shortlist_size", "ef_search", "nprobe")
+        _non_negative(self, "knn_shortlist")
+
+
+@dataclass
 class NGAMEConfig(Params):
     """NGAME: stage 1 (Siamese encoder, negative-mining-aware batches), stage 2 (per-label
     classifiers on an ANN shortlist) and score fusion."""
@@ -495,3 +529,13 @@ def paper_presets() -> dict[str, dict[str, Any]]:
                      "index": {"kind": "ivf", "nprobe": 64}},
         },
     }
+
+
+def presets() -> dict[str, dict[str, Any]]:
+    """Every preset name `--config` accepts: the papers' settings (`paper_presets`) and xmine's `fast`.
+
+    "fast" (NGAME): the same pipeline at a fraction of the default's training time -- a short stage 1 (4
+    epochs instead of 20), one classifier epoch instead of 5, and the sparse ranker fitted once (no refit on the
+    fusion's held-out points). The default stays the most accurate."""
+    return {**paper_presets(),
+            "fast": {"siamese": {"epochs": 4}, "classifier": {"epochs": 1}, "ranker": {"refit_on_all": False}}}

@@ -76,8 +76,10 @@ class LabelIndex:
         """Size of the serialised index (about its resident size)."""
         return int(faiss.serialize_index(self._index).nbytes)
 
-    def search(self, queries: np.ndarray, k: int, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product: (scores (n,k) float32, ids (n,k) int64), best first."""
+    def search(self, queries: np.ndarray, k: int, batch_size: int = 8192, ef_search: int | None = None,
+               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: (scores (n,k) float32, ids (n,k) int64), best first. `ef_search` (HNSW) and
+        `nprobe` (IVF) override the built index's search settings for this call only (None: the index's)."""
         queries = _as_float32_matrix(queries, "queries")
         if queries.shape[1] != self.dim:
             raise XmineError(f"query dimension {queries.shape[1]} does not match the index dimension {self.dim}")
@@ -85,10 +87,11 @@ class LabelIndex:
             raise XmineError(f"k must be >= 1, got {k}")
         scores = np.empty((queries.shape[0], k), dtype=np.float32)
         ids = np.empty((queries.shape[0], k), dtype=np.int64)
+        params = self._search_params(ef_search, nprobe)
         # batches bound the memory of faiss's result buffers on large query sets
         for start in range(0, queries.shape[0], batch_size):
             stop = start + batch_size
-            s, i = self._index.search(queries[start:stop], k)
+            s, i = self._index.search(queries[start:stop], k, params=params)
             scores[start:stop], ids[start:stop] = s, i
         scores[ids < 0] = -np.inf
         return scores, ids
@@ -104,6 +107,17 @@ class LabelIndex:
             index.hnsw.efSearch = self._index.hnsw.efSearch
         index.add(vectors)
         return LabelIndex(index, self.config, self.kind)
+
+    def _search_params(self, ef_search: int | None, nprobe: int | None) -> faiss.SearchParameters | None:
+        """Per-call search parameters (faiss reads them per search: no shared state is changed)."""
+        for name, value in (("ef_search", ef_search), ("nprobe", nprobe)):
+            if value is not None and value < 1:
+                raise XmineError(f"{name} must be >= 1, got {value}")
+        if self.kind == "hnsw" and ef_search is not None:
+            return faiss.SearchParametersHNSW(efSearch=int(ef_search))
+        if self.kind in ("ivf", "ivfpq") and nprobe is not None:
+            return faiss.SearchParametersIVF(nprobe=int(nprobe))
+        return None  # exact search, or nothing overridden
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

@@ -488,11 +488,12 @@ def rank_new_labels(candidates: np.ndarray, fused: np.ndarray, encoder: np.ndarr
     return out
 
 
-def top_k_enabled(model: Any, emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The label index's top-k with disabled labels left out (searches k + the number disabled)."""
+def top_k_enabled(model: Any, emb: np.ndarray, k: int, **search: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The label index's top-k with disabled labels left out (searches k + the number disabled); `search`:
+    LabelIndex.search's per-call settings (ef_search, nprobe)."""
     state = model.__dict__.get("label_state")
     n_disabled = 0 if state is None else len(state.disabled)
-    scores, ids = model.label_index.search(emb, min(k + n_disabled, model.n_labels))
+    scores, ids = model.label_index.search(emb, min(k + n_disabled, model.n_labels), **search)
     if n_disabled:
         mask = state.disabled_mask()
         drop = (ids >= 0) & mask[np.maximum(ids, 0)]

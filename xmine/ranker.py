@@ -1,6 +1,7 @@
 """A sparse linear ranker: one L2-regularised linear model per label over the TF-IDF features, trained on the
 label's positives and its *shortlist negatives* (the training points whose ANN/neighbour shortlist proposes the
-label without it being theirs), each solved to convergence by liblinear.
+label without it being theirs), each solved by dual coordinate descent in compiled code (xmine.linear_solver,
+liblinear's dual solvers), a chunk of labels per call, chunks in parallel threads.
 
 This is the ranking layer of the sparse XMC models (PECOS XR-Linear trains its rankers on matcher-aware
 negatives the same way), with NGAME's semantic shortlist as the matcher. It complements the per-label
@@ -15,20 +16,16 @@ score(x, l) = b_l + sum_f x_f * W[l, f], computed for candidate pairs only. Weig
 from __future__ import annotations
 
 import copy
-import warnings
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 from joblib import Parallel, delayed
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.svm import LinearSVC
 from tqdm.auto import tqdm
 
 from xmine.config import RankerConfig
 from xmine.errors import XmineError
-from xmine.fusion import lookup_csr
+from xmine.linear_solver import LOSS_LOGISTIC, LOSS_SQUARED_HINGE, fit_labels, score_pairs
 from xmine.safeio import load_json, load_npy, load_sparse_npz, model_error, params_from
 from xmine.topk import csr_from_topk
 from xmine.utils import atomic_save_npy, atomic_write
@@ -43,42 +40,6 @@ def shortlist_matrix(shortlist: np.ndarray, n_labels: int) -> sp.csr_matrix:
     return out
 
 
-def _fit_labels(labels: np.ndarray, features: sp.csr_matrix, label_rows: sp.csr_matrix, positives: sp.csr_matrix,
-                config: RankerConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fit the rankers of `labels`; returns (label, feature, weight) triples of the kept weights, and biases."""
-    out_l, out_f, out_w = [], [], []
-    bias = np.full(len(labels), UNTRAINED_BIAS)
-    for i, label in enumerate(labels):
-        rows = label_rows.indices[label_rows.indptr[label]:label_rows.indptr[label + 1]]
-        pos = positives.indices[positives.indptr[label]:positives.indptr[label + 1]]
-        if len(pos) == 0:
-            continue
-        y = np.isin(rows, pos)
-        if y.all():  # no point was shortlisted this label without having it: nothing to separate
-            bias[i] = -UNTRAINED_BIAS
-            continue
-        x = features[rows]
-        used = np.unique(x.indices)  # solve over the features that occur, not all F columns
-        if len(used) == 0:  # featureless rows (empty texts): the best constant model is the prior's logit
-            bias[i] = float(np.log(y.mean() / (1 - y.mean())))
-            continue
-        x = x[:, used]
-        model = (LogisticRegression(C=config.C, solver="liblinear") if config.loss == "logistic"
-                 else LinearSVC(C=config.C, loss="squared_hinge", dual=True))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(x, y)
-        w = model.coef_[0]
-        keep = np.abs(w) >= config.prune_below
-        out_l.append(np.full(int(keep.sum()), label, dtype=np.int64))
-        out_f.append(used[keep].astype(np.int64))
-        out_w.append(w[keep].astype(np.float32))
-        bias[i] = float(model.intercept_[0])
-    empty_i, empty_f = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    return (np.concatenate(out_l) if out_l else empty_i, np.concatenate(out_f) if out_f else empty_i,
-            np.concatenate(out_w) if out_w else empty_f, bias)
-
-
 class SparseRanker:
     def __init__(self, weights: sp.csr_matrix, bias: np.ndarray, config: RankerConfig) -> None:
         if weights.shape[0] != bias.shape[0]:
@@ -86,7 +47,11 @@ class SparseRanker:
         self.weights = sp.csr_matrix(weights, dtype=np.float32)
         self.bias = np.asarray(bias, dtype=np.float32)
         self.config = config
-        self._weights_t = self.weights.T.tocsr()  # (F, L): a batch's scores are one sparse product
+        self.weights.sort_indices()
+        self._weights_t = self.weights.T.tocsr()  # (F, L): scoring walks the weights of a point's features
+        # the dual solution of the fit, (indptr, row indices, alpha) per label: a refit on more rows starts there.
+        # Not saved: a loaded ranker is for prediction.
+        self.duals: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def n_labels(self) -> int:
@@ -98,9 +63,11 @@ class SparseRanker:
 
     @classmethod
     def train(cls, features: sp.csr_matrix, labels: sp.csr_matrix, shortlist: np.ndarray, config: RankerConfig,
-              n_jobs: int = 1, progress: bool = True) -> SparseRanker:
+              n_jobs: int = 1, progress: bool = True, warm_start: SparseRanker | None = None) -> SparseRanker:
         """One ranker per label on the rows of `labels` that have labels: the label's positives against the
-        rows whose `shortlist` (n, C) proposes it. Rows without labels (held out) take no part."""
+        rows whose `shortlist` (n, C) proposes it. Rows without labels (held out) take no part.
+        `warm_start`: a ranker trained by this method in this process (it keeps its dual variables) on a subset
+        of these (label, row) pairs; the fit starts from its solution."""
         features, labels = sp.csr_matrix(features), sp.csr_matrix(labels)
         n, n_labels = labels.shape
         if features.shape[0] != n or shortlist.shape[0] != n:
@@ -109,27 +76,48 @@ class SparseRanker:
         has_labels = np.diff(labels.indptr) > 0
         shortlist = np.where(has_labels[:, None], shortlist, -1)
         positives = labels.T.tocsr()
+        positives.sort_indices()
         label_rows = (shortlist_matrix(shortlist, n_labels) + positives).tocsr()
-        label_rows.data[:] = 1
-        # chunks of labels balanced by work (rows to fit), run in threads: liblinear releases the GIL
-        work = np.diff(label_rows.indptr).astype(np.float64) * (np.diff(positives.indptr) > 0)
-        n_chunks = max(1, min(n_labels, 64 * max(n_jobs, 1)))
+        label_rows.sort_indices()
+        x = sp.csr_matrix(features, dtype=np.float64)
+        x.sort_indices()
+        warm = warm_start.duals if warm_start is not None and warm_start.duals is not None else None
+        if warm is not None and warm[0].shape[0] != n_labels + 1:
+            raise XmineError(f"ranker warm start has {warm[0].shape[0] - 1} labels, this fit {n_labels}")
+        empty = np.zeros(1, dtype=label_rows.indptr.dtype), np.zeros(0, dtype=label_rows.indices.dtype)
+        warm_indptr, warm_indices, warm_alpha = warm if warm is not None else (*empty, np.zeros(0))
+        # chunks of labels balanced by work (rows x their features), each solved in one compiled call that
+        # releases the GIL, run in threads
+        row_nnz = np.diff(x.indptr).astype(np.float64) + 1
+        cum = np.concatenate([[0.0], np.cumsum(row_nnz[label_rows.indices])])
+        work = (cum[label_rows.indptr[1:]] - cum[label_rows.indptr[:-1]]) * (np.diff(positives.indptr) > 0)
+        n_chunks = max(1, min(n_labels, 16 * max(n_jobs, 1)))
         bounds = np.searchsorted(np.cumsum(work), np.linspace(0, work.sum(), n_chunks + 1)[1:-1])
         chunks = [c for c in np.split(np.arange(n_labels), np.unique(bounds)) if len(c)]
-        jobs = (delayed(_fit_labels)(chunk, features, label_rows, positives, config) for chunk in chunks)
+        loss = LOSS_LOGISTIC if config.loss == "logistic" else LOSS_SQUARED_HINGE
+        jobs = (delayed(fit_labels)(chunk, label_rows.indptr, label_rows.indices, positives.indptr,
+                                    positives.indices, x.indptr, x.indices, x.data, x.shape[1], float(config.C),
+                                    loss, float(config.tol), int(config.max_iter), float(config.prune_below),
+                                    warm_indptr, warm_indices, warm_alpha, int(config.seed)) for chunk in chunks)
         parts = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
         bias = np.full(n_labels, UNTRAINED_BIAS, dtype=np.float32)
+        alpha = np.zeros(label_rows.nnz)
         trip_l, trip_f, trip_w = [], [], []
         # the generator yields in submission order, so each result belongs to the chunk beside it
-        for chunk, (lab, feat, w, chunk_bias) in zip(chunks, tqdm(parts, total=len(chunks), desc="sparse ranker",
-                                                                  disable=not progress, unit="chunk"), strict=True):
+        for chunk, (lab, feat, w, chunk_bias, chunk_alpha) in zip(
+                chunks, tqdm(parts, total=len(chunks), desc="sparse ranker", disable=not progress, unit="chunk"),
+                strict=True):
             trip_l.append(lab)
             trip_f.append(feat)
             trip_w.append(w)
             bias[chunk] = chunk_bias
+            # chunks are runs of consecutive labels, so their alphas fill one slice of the label-major layout
+            alpha[label_rows.indptr[chunk[0]]:label_rows.indptr[chunk[-1] + 1]] = chunk_alpha
         weights = sp.csr_matrix((np.concatenate(trip_w), (np.concatenate(trip_l), np.concatenate(trip_f))),
                                 shape=(n_labels, features.shape[1]))
-        return cls(weights, bias, config)
+        ranker = cls(weights, bias, config)
+        ranker.duals = (label_rows.indptr, label_rows.indices, alpha)
+        return ranker
 
     def with_labels(self, n_labels: int) -> SparseRanker:
         """This ranker over `n_labels` labels: the ones beyond its own have no weights and UNTRAINED_BIAS
@@ -144,19 +132,22 @@ class SparseRanker:
         new.bias = np.concatenate([self.bias, np.full(n_labels - self.n_labels, UNTRAINED_BIAS, dtype=np.float32)])
         return new
 
-    def score(self, sparse_x: sp.csr_matrix, candidates: np.ndarray, chunk: int = 512) -> np.ndarray:
-        """Scores (n, C) of candidate labels (n, C); padding candidates (< 0) get UNTRAINED_BIAS."""
-        sparse_x = sp.csr_matrix(sparse_x)
+    def score(self, sparse_x: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
+        """Scores (n, C) of candidate labels (n, C); padding candidates (< 0) get UNTRAINED_BIAS. Computed for
+        the candidate pairs only (a compiled kernel), not as a product against all labels."""
+        sparse_x = sp.csr_matrix(sparse_x, dtype=np.float32)
         if sparse_x.shape[1] != self.n_features:
             raise XmineError(f"ranker expects {self.n_features} features, got {sparse_x.shape[1]}")
-        out = np.empty(candidates.shape, dtype=np.float32)
-        for start in range(0, candidates.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            cand = candidates[rows]
-            # (chunk, L) sparse: only labels sharing a feature with the point are stored
-            products = (sparse_x[rows] @ self._weights_t).tocsr()
-            out[rows] = lookup_csr(products, cand) + self.bias[np.maximum(cand, 0)]
-        out[candidates < 0] = UNTRAINED_BIAS
+        if candidates.shape[0] != sparse_x.shape[0]:
+            raise XmineError(f"ranker: {sparse_x.shape[0]} feature rows but {candidates.shape[0]} candidate rows")
+        if candidates.size and candidates.max() >= self.n_labels:
+            raise XmineError(f"ranker: candidate label {int(candidates.max())} >= {self.n_labels} labels")
+        wt = self._weights_t
+        cand = np.ascontiguousarray(candidates, dtype=np.int64)
+        out = score_pairs(sparse_x.indptr, sparse_x.indices, sparse_x.data, wt.indptr, wt.indices, wt.data, cand,
+                          self.n_labels)
+        out += self.bias[np.maximum(cand, 0)]
+        out[cand < 0] = UNTRAINED_BIAS
         return out
 
     def save(self, directory: str | Path) -> None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xmine.classifiers import LabelClassifiers
-from xmine.config import KNNConfig, NGAMEConfig
+from xmine.config import ClassifierConfig, KNNConfig, NGAMEConfig, PredictConfig
 from xmine.encoders import Encoder, build_encoder, load_encoder
 from xmine.errors import ModelError, XmineError
 from xmine.fusion import ScoreFusion, lookup_csr
@@ -73,50 +75,74 @@ FUSED_SCORE_SCALES = {
 
 
 class ShortlistScorer:
-    """Shortlist + exact scoring, shared by NGAME's prediction and its held-out fusion fitting."""
+    """Shortlist + exact scoring, shared by NGAME's prediction and its held-out fusion fitting: `candidates`
+    (the candidate sources) then `score` (each source's score of each candidate). `timings` accumulates the
+    seconds of each ("search", "score")."""
 
     def __init__(self, label_embeddings: np.ndarray, label_index: LabelIndex, knn: TfidfKNN | None,
                  classifiers: LabelClassifiers | None, classifier_index: LabelIndex | None, shortlist_size: int,
-                 knn_shortlist: int, ranker: SparseRanker | None = None) -> None:
+                 knn_shortlist: int, ranker: SparseRanker | None = None, ef_search: int | None = None,
+                 nprobe: int | None = None) -> None:
         self.label_embeddings, self.label_index = label_embeddings, label_index
+        self.search_params = {"ef_search": ef_search, "nprobe": nprobe}  # the ANN indexes' breadth (None: built)
         self.knn, self.classifiers, self.classifier_index = knn, classifiers, classifier_index
         self.ranker = ranker
         self.shortlist_size, self.knn_shortlist = shortlist_size, knn_shortlist
+        self.timings = {"search": 0.0, "score": 0.0}
 
-    @torch.no_grad()
-    def __call__(self, emb: np.ndarray, sparse_x: sp.csr_matrix | None, use_classifier_index: bool,
-                 classifier_sparse: bool, exclude_rows: np.ndarray | None = None, with_scores: bool = True,
-                 chunk: int = 256) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Candidates (n, C) from the label-embedding ANN (+ classifier ANN, + TF-IDF neighbours' labels)
-        and each candidate's scores per source: "encoder", "knn", and "classifier" and "ranker" where trained.
-        Scores are computed `chunk` rows at a time, which bounds the memory of the gathered label vectors."""
+    def candidates(self, emb: np.ndarray, sparse_x: sp.csr_matrix | None, use_classifier_index: bool,
+                   exclude_rows: np.ndarray | None = None) -> tuple[np.ndarray, sp.csr_matrix | None]:
+        """Candidates (n, C), -1 padded: the union of the label-embedding ANN's top labels, the classifier ANN's
+        (with `use_classifier_index`) and the TF-IDF neighbours' labels (whose votes are returned too)."""
+        t0 = time.perf_counter()
         k = min(self.shortlist_size, self.label_embeddings.shape[0])
-        parts = [self.label_index.search(emb, k)[1]]
+        parts = [self.label_index.search(emb, k, **self.search_params)[1]]
         if use_classifier_index and self.classifier_index is not None:
-            parts.append(self.classifier_index.search(emb, k)[1])
+            parts.append(self.classifier_index.search(emb, k, **self.search_params)[1])
         votes = None
         if self.knn is not None and sparse_x is not None and self.knn_shortlist > 0:
             votes = self.knn.predict_features(sparse_x, self.knn_shortlist, exclude_rows=exclude_rows)
             parts.append(csr_rows_to_ids(votes, self.knn_shortlist))
         cand = union_candidates(*parts)
-        if not with_scores:
-            return cand, {}
-        scores = {"encoder": np.empty(cand.shape, dtype=np.float32)}
-        if self.classifiers is not None:
+        self.timings["search"] += time.perf_counter() - t0
+        return cand, votes
+
+    @torch.no_grad()
+    def score(self, emb: np.ndarray, sparse_x: sp.csr_matrix | None, cand: np.ndarray, votes: sp.csr_matrix | None,
+              classifier_sparse: bool, sources: tuple[str, ...] | None = None, chunk: int = 256
+              ) -> dict[str, np.ndarray]:
+        """Each candidate's scores per source: "encoder", "knn" (with votes), and "classifier" and "ranker"
+        where trained; `sources` limits them. Computed `chunk` rows at a time, which bounds the memory of the
+        gathered label vectors."""
+        t0 = time.perf_counter()
+        wanted = set(sources) if sources is not None else {"encoder", "classifier", "ranker", "knn"}
+        scores = {"encoder": np.empty(cand.shape, dtype=np.float32)} if "encoder" in wanted else {}
+        if self.classifiers is not None and "classifier" in wanted:
             scores["classifier"] = np.empty(cand.shape, dtype=np.float32)
         for start in range(0, cand.shape[0], chunk):
             rows = slice(start, start + chunk)
             block = np.maximum(cand[rows], 0)
-            scores["encoder"][rows] = np.einsum("nd,ncd->nc", emb[rows], self.label_embeddings[block])
-            if self.classifiers is not None:
+            if "encoder" in scores:
+                scores["encoder"][rows] = np.einsum("nd,ncd->nc", emb[rows], self.label_embeddings[block])
+            if "classifier" in scores:
                 x = sparse_x[rows] if classifier_sparse else None
                 scores["classifier"][rows] = self.classifiers.score(torch.from_numpy(emb[rows]), x, cand[rows]).numpy()
-        if self.ranker is not None and sparse_x is not None:
+        if self.ranker is not None and sparse_x is not None and "ranker" in wanted:
             scores["ranker"] = self.ranker.score(sparse_x, cand)
-        if votes is not None:
+        if votes is not None and "knn" in wanted:
             best = np.maximum(votes.max(axis=1).toarray().ravel(), 1e-12)
             scores["knn"] = lookup_csr(votes, cand) / best[:, None].astype(np.float32)
-        return cand, scores
+        self.timings["score"] += time.perf_counter() - t0
+        return scores
+
+    def __call__(self, emb: np.ndarray, sparse_x: sp.csr_matrix | None, use_classifier_index: bool,
+                 classifier_sparse: bool, exclude_rows: np.ndarray | None = None, with_scores: bool = True
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """`candidates`, then (`with_scores`) all sources' `score`."""
+        cand, votes = self.candidates(emb, sparse_x, use_classifier_index, exclude_rows)
+        if not with_scores:
+            return cand, {}
+        return cand, self.score(emb, sparse_x, cand, votes, classifier_sparse)
 
 
 def fusion_holdout(n_points: int, config: NGAMEConfig) -> np.ndarray:
@@ -158,6 +184,52 @@ def _same_unseen_points(init_from: str | Path | None, config: NGAMEConfig) -> bo
     return same
 
 
+@contextmanager
+def timed(history: dict[str, Any], key: str) -> Iterator[None]:
+    """Add the seconds of the block to history[key]."""
+    t0 = time.perf_counter()
+    yield
+    history[key] = history.get(key, 0.0) + time.perf_counter() - t0
+
+
+@dataclass
+class Stage2Data:
+    """What stage 2's steps share: the training labels (all rows, and with the fusion's held-out rows emptied),
+    those held-out rows, the TF-IDF features and the point embeddings."""
+
+    labels: sp.csr_matrix
+    train_labels: sp.csr_matrix
+    holdout: np.ndarray
+    features: sp.csr_matrix
+    emb: np.ndarray
+
+
+class ClassifierNegatives:
+    """Stage 2's negatives of a batch: each point's shortlist + one positive of every other point in the batch
+    (in-batch negatives) + the top labels of the current classifier vectors (what the classifier index will
+    propose), searched in an index rebuilt at every epoch's start (`refresh`)."""
+
+    def __init__(self, shortlist: np.ndarray, classifiers: LabelClassifiers, config: ClassifierConfig,
+                 n_labels: int) -> None:
+        self.shortlist, self.classifiers = shortlist, classifiers
+        self.rng = np.random.default_rng([config.seed, 13])
+        self.mips = None
+        if config.classifier_index_negatives > 0 and classifiers.weight is not None:
+            self.mips = MIPSNegativeSampler(n_labels, config.classifier_index_negatives, 0, config.negatives_index)
+
+    def refresh(self, epoch: int, step: int) -> None:
+        if self.mips is not None:
+            self.mips.rebuild(self.classifiers.weight.detach().cpu().numpy())
+
+    def __call__(self, rows: np.ndarray, batch_emb: Any, batch_pos: sp.csr_matrix, epoch: int, step: int
+                 ) -> np.ndarray:
+        in_batch = sample_one_positive(batch_pos, self.rng)
+        parts = [self.shortlist[rows], np.broadcast_to(in_batch, (len(rows), len(in_batch)))]
+        if self.mips is not None:
+            parts.append(self.mips.hard_negatives(batch_emb, batch_pos))
+        return np.concatenate(parts, axis=1)
+
+
 @labels_api
 class NGAME(XMCModel):
     method = "ngame"
@@ -177,6 +249,7 @@ class NGAME(XMCModel):
         self.ranker = ranker
         self.history = history or {}
         self.n_labels = label_embeddings.shape[0]
+        self.last_predict_seconds: dict[str, float] = {}  # per step of the last `predict` call
 
     # ------------------------------------------------------------------ training
     @classmethod
@@ -246,105 +319,132 @@ class NGAME(XMCModel):
 
     def _train_stage2(self, dataset: Any, point_inputs: Any, stage1_unseen_rows: np.ndarray, ckpt_dir: Path | None,
                       resume: bool, progress: bool) -> None:
-        cfg = self.config
-        split = dataset.train
-        labels = sp.csr_matrix(split.labels)
-        n = labels.shape[0]
-        holdout = fusion_holdout(n, cfg)
-        fit_rows = np.setdiff1d(np.arange(n), holdout)
-        uses_sparse = cfg.classifier.features != "dense"
+        """Stage 2 as a recipe: TF-IDF features, point embeddings, the training shortlist, the classifiers, the
+        sparse ranker, the fusion (on held-out training points), the ranker's refit on all points. Each step's
+        seconds go to the history."""
+        cfg, history = self.config, self.history
+        labels = sp.csr_matrix(dataset.train.labels)
+        holdout = fusion_holdout(labels.shape[0], cfg)
+        with timed(history, "tfidf_seconds"):
+            self.knn = self._fit_tfidf(dataset)
+        with timed(history, "encode_points_seconds"):
+            emb = self.encoder.encode(point_inputs, progress=progress, desc="encode points")
+        # held-out rows have no positives in `train_labels`: the classifiers and the first ranker skip them
+        data = Stage2Data(labels, without_rows(labels, holdout), holdout, self.knn.train_features, emb)
+        with timed(history, "shortlist_seconds"):
+            shortlist = self._training_shortlist(data)
+        with timed(history, "classifiers_seconds"):
+            self._train_classifiers(data, shortlist, point_inputs, ckpt_dir, resume, progress)
+        if cfg.classifier.finetune_encoder:  # embeddings moved: refresh them and their index
+            data.emb = self._refresh_embeddings(dataset, point_inputs)
+        ranker_shortlist = shortlist
+        if cfg.ranker.enabled:
+            with timed(history, "shortlist_seconds"):
+                ranker_shortlist = self._ranker_shortlist(data, shortlist)
+            with timed(history, "ranker_fit_seconds"):
+                self.ranker = self._fit_ranker(data.features, data.train_labels, ranker_shortlist, progress)
+        with timed(history, "fusion_seconds"):
+            self._fit_fusion(data, stage1_unseen_rows)
+        if self.ranker is not None and cfg.ranker.refit_on_all and len(holdout):
+            with timed(history, "ranker_refit_seconds"):
+                self.ranker = self._fit_ranker(data.features, labels, ranker_shortlist, progress)
+        if self.ranker is not None:
+            history["ranker_seconds"] = history["ranker_fit_seconds"] + history.get("ranker_refit_seconds", 0.0)
+            history["ranker_weights"] = int(self.ranker.weights.nnz)
+
+    def _fit_tfidf(self, dataset: Any) -> TfidfKNN:
+        """The TF-IDF featurizer and neighbour index over the training points (the classifiers' sparse
+        features, the ranker's features and the neighbour candidate source)."""
         log.info("stage 2: TF-IDF features of the training texts")
-        self.knn = TfidfKNN.train(dataset, KNNConfig(tfidf=cfg.tfidf))
-        self.knn.label_texts = None  # stored once, at the model's top level
-        sparse_x = self.knn.train_features if uses_sparse else None
-        # the shortlist's neighbour source only sees the classifier-training rows
-        emb = self.encoder.encode(point_inputs, progress=progress, desc="encode points")
-        t0 = time.perf_counter()
+        knn = TfidfKNN.train(dataset, KNNConfig(tfidf=self.config.tfidf))
+        knn.label_texts = None  # stored once, at the model's top level
+        return knn
+
+    def _training_shortlist(self, data: Stage2Data) -> np.ndarray:
+        """Candidates (n, C) of every training point from the label-embedding ANN and the TF-IDF neighbours
+        (a point is never its own neighbour): the classifiers' hard negatives."""
+        n = data.labels.shape[0]
         log.info("stage 2: shortlisting candidate labels for %d training points (label-embedding index + the "
                  "labels of their TF-IDF nearest neighbours)", n)
-        shortlist, _ = self._scorer()(emb, self.knn.train_features, use_classifier_index=False,
-                                      classifier_sparse=False, exclude_rows=np.arange(n), with_scores=False)
-        self.history["shortlist_recall_train"] = recall_of_shortlist(shortlist, labels)
-        self.history["shortlist_seconds"] = time.perf_counter() - t0
+        shortlist, _ = self._scorer()(data.emb, data.features, use_classifier_index=False, classifier_sparse=False,
+                                      exclude_rows=np.arange(n), with_scores=False)
+        self.history["shortlist_recall_train"] = recall_of_shortlist(shortlist, data.labels)
         log.info("stage 2 shortlist: %d candidates/point, recall %.1f%% on training points", shortlist.shape[1],
                  self.history["shortlist_recall_train"])
-        train_labels = without_rows(labels, holdout)  # held-out rows have no positives -> skipped
+        return shortlist
 
-        def train_ranker(on_labels: sp.csr_matrix, ranker_shortlist: np.ndarray) -> None:
-            t0 = time.perf_counter()
-            log.info("stage 2: fitting the sparse ranker, a logistic regression per label over TF-IDF features, "
-                     "on %d points", int((on_labels.getnnz(1) > 0).sum()))
-            self.ranker = SparseRanker.train(self.knn.train_features, on_labels, ranker_shortlist, cfg.ranker,
-                                             n_jobs=torch.get_num_threads(), progress=progress)
-            seconds = time.perf_counter() - t0
-            self.history["ranker_seconds"] = self.history.get("ranker_seconds", 0.0) + seconds
-            self.history["ranker_weights"] = int(self.ranker.weights.nnz)
-            log.info("stage 2 sparse ranker on %d points: %d weights kept, %.0fs", int((on_labels.getnnz(1) > 0)
-                     .sum()), self.ranker.weights.nnz, seconds)
-
+    def _train_classifiers(self, data: Stage2Data, shortlist: np.ndarray, point_inputs: Any, ckpt_dir: Path | None,
+                           resume: bool, progress: bool) -> None:
+        """The per-label classifiers on the training rows (shortlist + in-batch + classifier-index negatives),
+        and the ANN index over their dense vectors."""
+        cfg = self.config
         classifiers = LabelClassifiers(self.n_labels, self.encoder.dim, cfg.classifier.features,
-                                       cfg.classifier.hash_buckets,
-                                       cfg.classifier.max_sparse_features)
+                                       cfg.classifier.hash_buckets, cfg.classifier.max_sparse_features,
+                                       sparse_grad=cfg.classifier.row_sparse_updates)
         classifiers.init_dense(self.label_embeddings)
-        batch_rng = np.random.default_rng([cfg.classifier.seed, 13])
-        mips = None
-        if cfg.classifier.classifier_index_negatives > 0 and classifiers.weight is not None:
-            mips = MIPSNegativeSampler(self.n_labels, cfg.classifier.classifier_index_negatives, 0,
-                                       cfg.classifier.negatives_index)
-
-        def refresh_classifier_index(epoch: int, step: int) -> None:
-            if mips is not None:
-                mips.rebuild(classifiers.weight.detach().cpu().numpy())
-
-        def negatives(rows: np.ndarray, batch_emb: Any, batch_pos: sp.csr_matrix, epoch: int, step: int) -> np.ndarray:
-            # ANN shortlist of each point + one positive of every other point in the batch (in-batch negatives)
-            # + the top labels of the current classifier vectors (what the classifier index will propose)
-            in_batch = sample_one_positive(batch_pos, batch_rng)
-            parts = [shortlist[rows], np.broadcast_to(in_batch, (len(rows), len(in_batch)))]
-            if mips is not None:
-                parts.append(mips.hard_negatives(batch_emb, batch_pos))
-            return np.concatenate(parts, axis=1)
-
+        negatives = ClassifierNegatives(shortlist, classifiers, cfg.classifier, self.n_labels)
+        sparse_x = data.features if cfg.classifier.features != "dense" else None
         log.info("stage 2: training %d per-label classifiers on the shortlists, %d epochs", self.n_labels,
                  cfg.classifier.epochs)
-        hist = train_classifiers(classifiers, train_labels, cfg.classifier, negatives, embeddings=emb,
+        hist = train_classifiers(classifiers, data.train_labels, cfg.classifier, negatives, embeddings=data.emb,
                                  sparse_features=sparse_x, encoder=self.encoder if cfg.classifier.finetune_encoder
                                  else None, point_inputs=point_inputs,
                                  checkpoint_path=ckpt_dir / "stage2.pt" if ckpt_dir else None, resume=resume,
-                                 progress=progress, on_epoch_start=refresh_classifier_index,
+                                 progress=progress, on_epoch_start=negatives.refresh,
                                  config_fingerprint=config_fingerprint(cfg.to_dict()),
-                                 generators={"in_batch_positives": batch_rng})
+                                 generators={"in_batch_positives": negatives.rng})
         self.history["stage2"] = hist.to_list()
         self.classifiers = classifiers
         if classifiers.weight is not None:
             self.classifier_index = LabelIndex.build(classifiers.weight.detach().numpy(), cfg.index)
-        if cfg.classifier.finetune_encoder:  # embeddings moved: refresh them and their index
-            self.label_embeddings = self.encoder.encode(dataset.label_texts)
-            self.label_index = LabelIndex.build(self.label_embeddings, cfg.index)
-            emb = self.encoder.encode(point_inputs)
+
+    def _refresh_embeddings(self, dataset: Any, point_inputs: Any) -> np.ndarray:
+        """After fine-tuning the encoder: the label embeddings and their index again; returns the points'."""
+        self.label_embeddings = self.encoder.encode(dataset.label_texts)
+        self.label_index = LabelIndex.build(self.label_embeddings, self.config.index)
+        return self.encoder.encode(point_inputs)
+
+    def _ranker_shortlist(self, data: Stage2Data, shortlist: np.ndarray) -> np.ndarray:
+        """The ranker's training candidates: what every candidate source proposes at prediction time, so that
+        it learns to reject them -- the training shortlist plus the classifier index's candidates."""
+        cfg = self.config
         ranker_shortlist = shortlist
-        if cfg.ranker.enabled:
-            # the ranker learns to reject what every candidate source proposes at prediction time
-            t0 = time.perf_counter()
-            if cfg.classifier.finetune_encoder:  # the embeddings moved: the whole shortlist is searched again
-                ranker_shortlist, _ = self._scorer()(
-                    emb, self.knn.train_features, classifier_sparse=False, exclude_rows=np.arange(n),
-                    use_classifier_index=cfg.ranker.shortlist_with_classifier_index, with_scores=False)
-            elif cfg.ranker.shortlist_with_classifier_index and self.classifier_index is not None:
-                # `shortlist` already holds the label-embedding ANN's and the neighbours' candidates
-                k = min(cfg.classifier.shortlist_size, self.n_labels)
-                ranker_shortlist = union_candidates(shortlist, self.classifier_index.search(emb, k)[1])
-            self.history["shortlist_seconds"] += time.perf_counter() - t0
-            log.info("stage 2 ranker shortlist: %d candidates/point", ranker_shortlist.shape[1])
-            train_ranker(train_labels, ranker_shortlist)
-        # fusion on the held-out training points
+        if cfg.classifier.finetune_encoder:  # the embeddings moved: the whole shortlist is searched again
+            ranker_shortlist, _ = self._scorer()(
+                data.emb, data.features, classifier_sparse=False, exclude_rows=np.arange(data.labels.shape[0]),
+                use_classifier_index=cfg.ranker.shortlist_with_classifier_index, with_scores=False)
+        elif cfg.ranker.shortlist_with_classifier_index and self.classifier_index is not None:
+            # `shortlist` already holds the label-embedding ANN's and the neighbours' candidates
+            k = min(cfg.classifier.shortlist_size, self.n_labels)
+            ranker_shortlist = union_candidates(shortlist, self.classifier_index.search(data.emb, k)[1])
+        log.info("stage 2 ranker shortlist: %d candidates/point", ranker_shortlist.shape[1])
+        return ranker_shortlist
+
+    def _fit_ranker(self, features: sp.csr_matrix, labels: sp.csr_matrix, shortlist: np.ndarray, progress: bool
+                    ) -> SparseRanker:
+        """The sparse ranker on the rows of `labels` that have labels; a refit starts from the current ranker's
+        solution (its dual variables)."""
+        t0 = time.perf_counter()
+        log.info("stage 2: fitting the sparse ranker, a %s model per label over TF-IDF features, on %d points",
+                 self.config.ranker.loss, int((labels.getnnz(1) > 0).sum()))
+        ranker = SparseRanker.train(features, labels, shortlist, self.config.ranker, n_jobs=torch.get_num_threads(),
+                                    progress=progress, warm_start=self.ranker)
+        log.info("stage 2 sparse ranker on %d points: %d weights kept, %.0fs", int((labels.getnnz(1) > 0).sum()),
+                 ranker.weights.nnz, time.perf_counter() - t0)
+        return ranker
+
+    def _fit_fusion(self, data: Stage2Data, stage1_unseen_rows: np.ndarray) -> None:
+        """The score fusion, fitted on the held-out training points' candidates and scores (with the leakage
+        check on those stage 1 did not see either)."""
+        cfg, holdout = self.config, data.holdout
+        fit_rows = np.setdiff1d(np.arange(data.labels.shape[0]), holdout)
         log.info("stage 2: scoring %d held-out training points with every source and fitting the score fusion",
                  len(holdout))
-        self.fusion = ScoreFusion(cfg.fusion, inverse_propensity(labels[fit_rows], cfg.fusion.propensity_A,
+        self.fusion = ScoreFusion(cfg.fusion, inverse_propensity(data.labels[fit_rows], cfg.fusion.propensity_A,
                                                                  cfg.fusion.propensity_B), self.score_sources)
-        cand, scores = self._scorer()(emb[holdout], self.knn.train_features[holdout], use_classifier_index=True,
-                                      classifier_sparse=uses_sparse, exclude_rows=holdout)
-        check = self.fusion.fit_checked(scores, cand, labels[holdout], np.isin(holdout, stage1_unseen_rows),
+        cand, scores = self._scorer()(data.emb[holdout], data.features[holdout], use_classifier_index=True,
+                                      classifier_sparse=cfg.classifier.features != "dense", exclude_rows=holdout)
+        check = self.fusion.fit_checked(scores, cand, data.labels[holdout], np.isin(holdout, stage1_unseen_rows),
                                         seed=cfg.classifier.seed)
         self.history["fusion_selection"] = check.pop("selection")
         self.history["fusion_check"] = check
@@ -355,19 +455,21 @@ class NGAME(XMCModel):
                      "fitted on %s held-out points", check["encoder_ndcg5_seen"] or 0, check["encoder_ndcg5_unseen"]
                      or 0, check["fitted_on_seen_ndcg5_unseen"], check["fitted_on_unseen_ndcg5_crossfit"],
                      check["fitted_on"])
-        self.history["shortlist_recall_holdout"] = recall_of_shortlist(cand, labels[holdout])
-        if self.ranker is not None and cfg.ranker.refit_on_all and len(holdout):
-            train_ranker(labels, ranker_shortlist)
+        self.history["shortlist_recall_holdout"] = recall_of_shortlist(cand, data.labels[holdout])
 
     @property
     def score_sources(self) -> tuple[str, ...]:
         return ("classifier", "encoder") + (("knn",) if self.knn is not None else ()) + \
             (("ranker",) if self.ranker is not None else ())
 
-    def _scorer(self) -> ShortlistScorer:
+    def _scorer(self, predict: PredictConfig | None = None) -> ShortlistScorer:
+        """The scorer with the training shortlist sizes, or those of `predict` where it sets them."""
+        predict = predict or PredictConfig()
+        size = predict.shortlist_size or self.config.classifier.shortlist_size
+        knn_size = predict.knn_shortlist if predict.knn_shortlist is not None else size
         return ShortlistScorer(self.label_embeddings, self.label_index, self.knn, self.classifiers,
-                               self.classifier_index, self.config.classifier.shortlist_size,
-                               self.config.classifier.shortlist_size if self.knn is not None else 0, self.ranker)
+                               self.classifier_index, size, knn_size if self.knn is not None else 0, self.ranker,
+                               ef_search=predict.ef_search, nprobe=predict.nprobe)
 
     # ---------------------------------------------------------------- prediction
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -375,11 +477,16 @@ class NGAME(XMCModel):
 
     @torch.no_grad()
     @reads_labels
-    def predict(self, inputs: Any, k: int = 100, scores: ScoreKind = "fused", batch_size: int = 1024,
-                progress: bool = False) -> sp.csr_matrix:
+    def predict(self, inputs: Any, k: int = 100, scores: ScoreKind | None = None, batch_size: int | None = None,
+                progress: bool = False, config: PredictConfig | None = None) -> sp.csr_matrix:
         """Top-k labels per point as an (n, L) CSR score matrix, in batches of bounded memory.
-        scores: "fused" (default when classifiers exist), "encoder" (label-embedding similarity),
-        "classifier" or "ranker" (the sparse linear ranker)."""
+        `config`: the prediction-time settings (PredictConfig; default: the trained model's); `scores` and
+        `batch_size`, when given, override it. scores: "fused" (default when classifiers exist), "encoder"
+        (label-embedding similarity), "classifier" or "ranker" (the sparse linear ranker)."""
+        config = (config or PredictConfig()).replace(**{key: value for key, value in
+                                                       (("scores", scores), ("batch_size", batch_size))
+                                                       if value is not None})
+        scores, batch_size = config.scores, config.batch_size
         inputs = Inputs.of(inputs)
         if k < 1:
             raise XmineError(f"k must be >= 1, got {k}")
@@ -394,24 +501,39 @@ class NGAME(XMCModel):
         self.encoder.eval()
         if self.classifiers is not None:
             self.classifiers.eval()
-        scorer = self._scorer()
+        scorer = self._scorer(config)
         uses_sparse = self.config.classifier.features != "dense"
+        timings = {"encode": 0.0, "featurize": 0.0, "search": 0.0, "score": 0.0, "fuse": 0.0}
         out = []
         for start in tqdm(range(0, inputs.n_points, batch_size), desc="predict", disable=not progress):
             part = inputs.select(slice(start, start + batch_size))
+            t0 = time.perf_counter()
             emb = self.encoder.encode(part.texts)
+            timings["encode"] += time.perf_counter() - t0
             if scores == "encoder":
-                top_scores, top_ids = top_k_enabled(self, emb, min(k, self.n_labels))
+                t0 = time.perf_counter()
+                top_scores, top_ids = top_k_enabled(self, emb, min(k, self.n_labels), ef_search=config.ef_search,
+                                                    nprobe=config.nprobe)
                 out.append(csr_from_topk(top_scores, top_ids, self.n_labels))
+                timings["search"] += time.perf_counter() - t0
                 continue
+            t0 = time.perf_counter()
             sparse_x = self.knn.featurizer.transform(part.texts, part.features) if self.knn is not None else None
-            cand, source_scores = scorer(emb, sparse_x, use_classifier_index=True, classifier_sparse=uses_sparse)
+            timings["featurize"] += time.perf_counter() - t0
+            cand, votes = scorer.candidates(emb, sparse_x, use_classifier_index=config.classifier_index)
+            # every source, also for one source's scores: imputing added labels' scores reads the others
+            source_scores = scorer.score(emb, sparse_x, cand, votes, classifier_sparse=uses_sparse)
+            t0 = time.perf_counter()
             cand, source_scores = prepare_candidates(self, cand, source_scores)
             if scores in ("classifier", "ranker"):
                 final = np.where(cand >= 0, source_scores[scores], -np.inf)
             else:
                 final = fuse(self, source_scores, cand)
             out.append(csr_row_topk(csr_from_topk(final, cand, self.n_labels), k))
+            timings["fuse"] += time.perf_counter() - t0
+        if scores != "encoder":
+            timings.update(scorer.timings)
+        self.last_predict_seconds = timings
         return stack_rows(out, self.n_labels)
 
     def score_scale(self) -> str:
