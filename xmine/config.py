@@ -337,9 +337,10 @@ class ClassifierConfig(Params):
 @dataclass
 class RankerConfig(Params):
     """NGAME stage 2's sparse linear ranker (xmine.ranker): per label, an L2-regularised linear model over the
-    TF-IDF features, fitted by liblinear on the label's positives and its shortlist negatives (as PECOS trains
-    its rankers). C = 4 and logistic loss were the best of {logistic C 4, C 16; squared hinge C 1} on Bibtex and
-    debian-related titles; weights below `prune_below` in magnitude are dropped (PECOS: 0.1)."""
+    TF-IDF features, fitted by dual coordinate descent (liblinear's algorithm, compiled) on the label's positives
+    and its shortlist negatives (as PECOS trains its rankers). C = 4 and logistic loss were the best of
+    {logistic C 4, C 16; squared hinge C 1} on Bibtex and debian-related titles; weights below `prune_below` in
+    magnitude are dropped (PECOS: 0.1)."""
 
     enabled: bool = True
     loss: Literal["logistic", "squared_hinge"] = "logistic"
@@ -349,11 +350,11 @@ class RankerConfig(Params):
     # all training points, as scikit-learn's stacking refits its base models: Bibtex ranker P@1 63.8 on 80% of
     # the points vs 65.3 on all of them. Costs a second fit.
     refit_on_all: bool = True
-    # dual coordinate descent stops when the largest projected gradient is below `tol` (liblinear's dual solvers
-    # use 0.1) or after `max_iter` passes over a label's rows; `seed` fixes the order of the coordinates
+    # the compiled dual coordinate descent stops when the largest projected gradient is below this (liblinear's
+    # dual solvers use 0.1)
     tol: float = 0.1
-    max_iter: int = 1000
-    seed: int = 0
+    max_iter: int = 1000  # at most this many passes over a label's rows
+    seed: int = 0  # fixes the order in which the solver visits the rows
     # train on the candidates the ranker will score at prediction time: the label-embedding ANN's and the TF-IDF
     # neighbours' plus the classifier index's (PECOS's matcher-aware negatives). Without the last, its candidates
     # are labels the ranker never learnt to reject.
