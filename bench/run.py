@@ -206,7 +206,7 @@ def table(results: list[dict], negatives_column: bool = False) -> str:
         ref = pecos.get(r["dataset_key"])
         for kind, m in r.get("metrics", {}).items():
             first = kind == next(iter(r["metrics"]))
-            timing = [f"{r.get('train_seconds', 0):.0f}" + _ratio(r, ref, "train_seconds")] + (
+            timing = [_seconds(r.get("train_seconds", 0)) + _ratio(r, ref, "train_seconds")] + (
                 [negatives_cost(r)] if negatives_column else []) + [
                 f"{r.get('predict_points_per_s', 0):.0f}" + _ratio(r, ref, "predict_points_per_s"),
                 f"{r.get('latency_ms_p50', 0):.1f} / {r.get('latency_ms_p99', 0):.1f}",
@@ -222,6 +222,10 @@ def table(results: list[dict], negatives_column: bool = False) -> str:
 
 
 PECOS_LABEL = "PECOS XR-Linear"  # the reference of the ratio columns: the peers' fastest, on standard features
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
 def _ratio(r: dict, ref: dict | None, key: str) -> str:
