@@ -457,9 +457,10 @@ class PredictConfig(Params):
     config=)`, `xmine predict --predict-set key=value`) without retraining. None keeps the trained model's value.
 
     scores: "fused" (default), "encoder", "classifier" or "ranker"; shortlist_size: candidates per source from the
-    label-embedding and classifier ANN indexes (training: classifier.shortlist_size); knn_shortlist: labels taken
-    from the TF-IDF neighbours' votes (0: none); classifier_index: whether the classifier index proposes
-    candidates; ef_search / nprobe: the HNSW / IVF indexes' search breadth."""
+    label-embedding and classifier ANN indexes (training: classifier.shortlist_size); knn_shortlist: the best-voted
+    labels of the TF-IDF neighbours taken as candidates (0: none; the votes still score every candidate);
+    classifier_index: whether the classifier index proposes candidates; ef_search / nprobe: the HNSW / IVF
+    indexes' search breadth."""
 
     scores: Literal["fused", "encoder", "classifier", "ranker"] = "fused"
     batch_size: int = 1024

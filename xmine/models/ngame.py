@@ -82,12 +82,14 @@ class ShortlistScorer:
     def __init__(self, label_embeddings: np.ndarray, label_index: LabelIndex, knn: TfidfKNN | None,
                  classifiers: LabelClassifiers | None, classifier_index: LabelIndex | None, shortlist_size: int,
                  knn_shortlist: int, ranker: SparseRanker | None = None, ef_search: int | None = None,
-                 nprobe: int | None = None) -> None:
+                 nprobe: int | None = None, knn_votes: int | None = None) -> None:
         self.label_embeddings, self.label_index = label_embeddings, label_index
         self.search_params = {"ef_search": ef_search, "nprobe": nprobe}  # the ANN indexes' breadth (None: built)
         self.knn, self.classifiers, self.classifier_index = knn, classifiers, classifier_index
         self.ranker = ranker
         self.shortlist_size, self.knn_shortlist = shortlist_size, knn_shortlist
+        # labels scored by the neighbours' votes (the "knn" score), of which the best `knn_shortlist` are candidates
+        self.knn_votes = knn_shortlist if knn_votes is None else max(knn_votes, knn_shortlist)
         self.timings = {"search": 0.0, "score": 0.0}
 
     def candidates(self, emb: np.ndarray, sparse_x: sp.csr_matrix | None, use_classifier_index: bool,
@@ -100,9 +102,11 @@ class ShortlistScorer:
         if use_classifier_index and self.classifier_index is not None:
             parts.append(self.classifier_index.search(emb, k, **self.search_params)[1])
         votes = None
-        if self.knn is not None and sparse_x is not None and self.knn_shortlist > 0:
-            votes = self.knn.predict_features(sparse_x, self.knn_shortlist, exclude_rows=exclude_rows)
-            parts.append(csr_rows_to_ids(votes, self.knn_shortlist))
+        if self.knn is not None and sparse_x is not None and self.knn_votes > 0:
+            votes = self.knn.predict_features(sparse_x, self.knn_votes, exclude_rows=exclude_rows)
+            if self.knn_shortlist > 0:
+                best = votes if self.knn_shortlist >= self.knn_votes else csr_row_topk(votes, self.knn_shortlist)
+                parts.append(csr_rows_to_ids(best, self.knn_shortlist))
         cand = union_candidates(*parts)
         self.timings["search"] += time.perf_counter() - t0
         return cand, votes
@@ -467,9 +471,12 @@ class NGAME(XMCModel):
         predict = predict or PredictConfig()
         size = predict.shortlist_size or self.config.classifier.shortlist_size
         knn_size = predict.knn_shortlist if predict.knn_shortlist is not None else size
+        # the fusion was fitted on vote scores over the training shortlist size's best-voted labels: keep scoring those
+        votes = max(self.config.classifier.shortlist_size, knn_size)
         return ShortlistScorer(self.label_embeddings, self.label_index, self.knn, self.classifiers,
                                self.classifier_index, size, knn_size if self.knn is not None else 0, self.ranker,
-                               ef_search=predict.ef_search, nprobe=predict.nprobe)
+                               ef_search=predict.ef_search, nprobe=predict.nprobe,
+                               knn_votes=votes if self.knn is not None else 0)
 
     # ---------------------------------------------------------------- prediction
     def encode(self, texts: list[str]) -> np.ndarray:
