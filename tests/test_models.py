@@ -306,7 +306,7 @@ def test_prediction_settings_are_chosen_per_call(ds, ngame):
     ranker = model.predict(ds.test, k=10, scores="ranker", config=PredictConfig(scores="classifier"))
     assert (ranker != model.predict(ds.test, k=10, config=PredictConfig(scores="ranker"))).nnz == 0
     with pytest.raises(ConfigError, match="shortlist_size"):
-        PredictConfig(shortlist_size=0)
+        PredictConfig.from_dict({"shortlist_size": 0})
 
 
 def test_cli_predict_set(ds, ngame, small_hpo, tmp_path):

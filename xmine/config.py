@@ -454,21 +454,19 @@ class NewLabelsConfig(Params):
 @dataclass
 class PredictConfig(Params):
     """NGAME's prediction-time settings, separate from training's: chosen per call (`NGAME.predict(...,
-    config=)`, `xmine predict --predict-set key=value`) without retraining. None keeps the trained model's value.
+    config=)`, `xmine predict --predict-set key=value`) without retraining. None keeps the trained model's value."""
 
-    scores: "fused" (default), "encoder", "classifier" or "ranker"; shortlist_size: candidates per source from the
-    label-embedding and classifier ANN indexes (training: classifier.shortlist_size); knn_shortlist: the best-voted
-    labels of the TF-IDF neighbours taken as candidates (0: none; the votes still score every candidate);
-    classifier_index: whether the classifier index proposes candidates; ef_search / nprobe: the HNSW / IVF
-    indexes' search breadth."""
-
-    scores: Literal["fused", "encoder", "classifier", "ranker"] = "fused"
-    batch_size: int = 1024
+    scores: Literal["fused", "encoder", "classifier", "ranker"] = "fused"  # which scores rank the labels
+    batch_size: int = 1024  # points per batch (bounds the memory of a call)
+    # candidates from each ANN index, the label-embedding one and the classifier one (null: the trained
+    # classifier.shortlist_size)
     shortlist_size: int | None = None
+    # the TF-IDF neighbours' best-voted labels taken as candidates (null: shortlist_size; 0: none -- their votes
+    # still score every candidate)
     knn_shortlist: int | None = None
-    classifier_index: bool = True
-    ef_search: int | None = None
-    nprobe: int | None = None
+    classifier_index: bool = True  # whether the classifier index proposes candidates
+    ef_search: int | None = None  # HNSW indexes: search breadth (null: the index's own)
+    nprobe: int | None = None  # IVF indexes: lists searched (null: the index's own)
 
     def validate(self) -> None:
         super().validate()
