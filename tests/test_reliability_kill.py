@@ -129,7 +129,9 @@ def test_kill_during_training_save_over_an_existing_model(small_hpo, old_knn, tm
 
 
 SAVE_SCRIPT = "import sys; from xmine.models import load_model; load_model(sys.argv[1]).save(sys.argv[2])"
-NGAME_STEPS = ["created the temporary directory", "encoder", "label_embeddings", "tfidf", "classifiers", "ranker",
+# the nested kNN model's own parts ("tfidf", "train.npz") are steps too, before its directory ("tfidf") is done
+NGAME_STEPS = ["created the temporary directory", "encoder", "label_embeddings", "tfidf", "train.npz", "tfidf",
+               "classifiers", "ranker",
                "fusion", "history.json", "labels.jsonl", MANIFEST_FILE, "renamed old model to backup",
                "renamed new model into place"]
 
