@@ -470,3 +470,14 @@ def test_sparse_validation_accepts_what_scipy_writes(tmp_path):
     with pytest.raises(XmineError, match="coo"):
         sp.save_npz(tmp_path / "coo.npz", matrix.tocoo())
         load_sparse_npz(tmp_path / "coo.npz", "x")
+
+
+def test_atomic_writes_give_files_the_umask_mode_not_mkstemps_0600(tmp_path):
+    from xmine.utils import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "out.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
