@@ -453,6 +453,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     suggestions = [
         (f"xmine predict --model {out} --data {data_dir} --out pred.npz", "predict again (top 100 per point)"),
         (f"xmine evaluate --data {data_dir} --pred pred.npz", "score the predictions"),
+        (f"echo 'Marfan syndrome' | xmine predict --model {out} --input - -k 5", "label names for your own text"),
+        (f"xmine report --data {data_dir} --pred ngame=pred.npz --model {out} --out report.html",
+         "accuracy by label frequency, as a web page"),
+        (f"xmine serve --model {out}", "an HTTP service (docs/serving.md)"),
         (f"xmine train --data {data_dir} --out my-model --set siamese.epochs=5", "train with other settings"),
         ("xmine train --help", "every option, with its default"),
     ]
