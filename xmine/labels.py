@@ -45,6 +45,7 @@ import scipy.sparse as sp
 import torch
 
 from xmine.config import NewLabelsConfig
+from xmine.data.text import read_text_lines
 from xmine.errors import DataFormatError, ModelError, XmineError
 from xmine.utils import atomic_write_text
 
@@ -514,12 +515,7 @@ def read_label_file(path: str | Path) -> tuple[list[str], list[str | None]]:
     """Label texts from a file: one label per line, either `text` or `id<TAB>text` (all lines the same form).
     Blank lines are errors (a label needs a text)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataFormatError(path, "file not found") from None
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(path, f"not UTF-8 text (byte {exc.start})") from None
+    lines = read_text_lines(path)
     if not lines:
         raise DataFormatError(path, "no labels (the file is empty)")
     with_ids = "\t" in lines[0]
@@ -549,14 +545,7 @@ def read_label_file(path: str | Path) -> tuple[list[str], list[str | None]]:
 
 def read_id_file(path: str | Path) -> list[str]:
     """Label ids (or indices), one per line; blank lines are skipped."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataFormatError(path, "file not found") from None
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(path, f"not UTF-8 text (byte {exc.start})") from None
-    return lines
+    return read_text_lines(path)
 
 
 def labels_api(cls: type) -> type:
