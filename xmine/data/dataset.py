@@ -107,6 +107,19 @@ def _check_label_values(path: Path, labels: sp.csr_matrix, header: bool = True) 
                               row + (2 if header else 1))
 
 
+def _read_label_matrices(trn_y: Path, tst_y: Path | None) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+    """The training label matrix and, where the dataset has a test split, the test one; label counts and
+    values checked."""
+    Ytr = read_sparse_matrix(trn_y)
+    Yte = read_sparse_matrix(tst_y) if tst_y is not None else None
+    if Yte is not None:
+        _check_label_count(trn_y, Ytr.shape[1], tst_y, Yte.shape[1])
+    _check_label_values(trn_y, Ytr)
+    if Yte is not None:
+        _check_label_values(tst_y, Yte)
+    return Ytr, Yte
+
+
 def _load_texts(path: Path, labels_path: Path, n: int) -> list[str]:
     texts = read_text_lines(path)
     _check_rows(path, len(texts), labels_path, n, "lines")
@@ -174,13 +187,7 @@ def _json_file(d: Path, stem: str) -> Path | None:
 
 def _load_text_xy(d: Path, text_variant: str, label_text_variant: str, with_test: bool = True) -> Dataset:
     trn_y, tst_y = d / "trn_X_Y.txt", d / "tst_X_Y.txt"
-    Ytr = read_sparse_matrix(trn_y)
-    Yte = read_sparse_matrix(tst_y) if with_test else None
-    if Yte is not None:
-        _check_label_count(trn_y, Ytr.shape[1], tst_y, Yte.shape[1])
-    _check_label_values(trn_y, Ytr)
-    if Yte is not None:
-        _check_label_values(tst_y, Yte)
+    Ytr, Yte = _read_label_matrices(trn_y, tst_y if with_test else None)
     L = Ytr.shape[1]
     suffix = "_title" if text_variant == "title" else ""
     why = f"text_variant={text_variant!r}"
@@ -217,13 +224,7 @@ def _load_sparse_xy(d: Path) -> Dataset:
     if with_test:
         _require(d, "tst_X_Y.txt", "tst_X_Xf.txt is present")
         _require(d, "tst_X_Xf.txt", "tst_X_Y.txt is present")
-    Ytr = read_sparse_matrix(trn_y)
-    Yte = read_sparse_matrix(tst_y) if with_test else None
-    if Yte is not None:
-        _check_label_count(trn_y, Ytr.shape[1], tst_y, Yte.shape[1])
-    _check_label_values(trn_y, Ytr)
-    if Yte is not None:
-        _check_label_values(tst_y, Yte)
+    Ytr, Yte = _read_label_matrices(trn_y, tst_y if with_test else None)
     L = Ytr.shape[1]
     n_test = None if Yte is None else Yte.shape[0]
     Xtr, Xte = _load_features(d, Ytr.shape[0], n_test, trn_y, tst_y)
