@@ -6,8 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
-import uuid
 import zlib
 from collections.abc import Sequence
 from itertools import chain
@@ -17,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmine.errors import DataFormatError, InvalidArgumentError
+from xmine.utils import atomic_write
 
 __all__ = ["read_text_lines", "write_text_lines", "read_jsonl", "write_jsonl"]
 
@@ -51,32 +50,14 @@ def read_bytes(path: str | Path) -> bytes:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` so that readers see either the old file or the complete new one: temp file in
-    the same directory (same filesystem, so os.replace is atomic), fsync, then rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    # os.open with 0o666 (not tempfile's 0o600) so the final file gets the usual umask permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """Write ``data`` so that readers see either the old file or the complete new one (xmine.utils.atomic_write:
+    a temporary file beside it, fsynced, then renamed)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    # Persist the rename itself; not every platform lets a directory be opened, hence best effort.
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+
+    atomic_write(path, write)
 
 
 def decode_utf8(path: str | Path, data: bytes) -> str:
