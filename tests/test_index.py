@@ -22,6 +22,38 @@ def test_exact_index_matches_brute_force():
     assert np.allclose(scores, np.take_along_axis(queries @ vectors.T, ref, axis=1), atol=1e-5)
 
 
+@pytest.mark.parametrize("n_queries", [1, 7, 64])
+def test_exact_search_equals_faiss_flat_search(n_queries):
+    """The exact kind searches with a GEMM + top-k; it must give faiss's own flat-search answer (scores within
+    float32 rounding of two summation orders, ids equal where the scores are not tied), also with k > vectors
+    and in several query blocks."""
+    from xmine.index import _flat_search
+
+    rng = np.random.default_rng(6)
+    vectors, queries = _unit(rng, 3000, 24), _unit(rng, n_queries, 24)
+    index = LabelIndex.build(vectors, IndexConfig(kind="exact"))
+    got_scores, got_ids = index.search(queries, 50)
+    want_scores, want_ids = index._index.search(queries, 50)
+    assert np.allclose(got_scores, want_scores, atol=1e-5)
+    assert np.array_equal(got_ids, want_ids)
+    blocked_scores = np.empty((n_queries, 50), dtype=np.float32)
+    blocked_ids = np.empty((n_queries, 50), dtype=np.int64)
+    _flat_search(queries, vectors, 50, blocked_scores, blocked_ids, max_block_bytes=4 * 3000 * 3)  # 3 per block
+    assert np.array_equal(blocked_ids, got_ids) and np.allclose(blocked_scores, got_scores, atol=1e-6)
+    small = LabelIndex.build(vectors[:5], IndexConfig(kind="exact"))
+    scores, ids = small.search(queries, 8)
+    assert np.array_equal(ids[:, :5], small._index.search(queries, 5)[1])
+    assert (ids[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all()
+
+
+def test_exact_search_sees_vectors_added_later():
+    rng = np.random.default_rng(7)
+    vectors = _unit(rng, 100, 8)
+    index = LabelIndex.build(vectors[:60], IndexConfig(kind="exact")).with_added(vectors[60:])
+    _, ids = index.search(vectors[60:], 1)
+    assert np.array_equal(ids[:, 0], np.arange(60, 100))
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_ann_recall_against_exact(kind):
     rng = np.random.default_rng(1)

@@ -21,7 +21,7 @@ from torch import nn
 from xmine.config import FeatureSet
 from xmine.errors import XmineError
 from xmine.safeio import json_field, load_state_dict_into, load_tensors, model_error
-from xmine.topk import csr_row_topk
+from xmine.topk import csr_row_topk, unique_ids
 from xmine.utils import atomic_torch_save
 
 _K1 = np.uint64(0x9E3779B97F4A7C15)
@@ -82,7 +82,8 @@ class LabelClassifiers(nn.Module):
     def score(self, embeddings: torch.Tensor | None, sparse_x: sp.csr_matrix | None,
               candidates: np.ndarray) -> torch.Tensor:
         """Scores (B, C) of candidate labels (B, C) (entries < 0 are padding, scored 0)."""
-        cand = torch.from_numpy(np.maximum(candidates, 0)).to(self.bias.device)
+        cand_ids = np.maximum(candidates, 0)
+        cand = torch.from_numpy(cand_ids).to(self.bias.device)
         # index_select rather than [] indexing: its backward is an index_add, several times faster on CPU
         # than the sorting index_put that advanced indexing backpropagates through
         out = self.bias.index_select(0, cand.reshape(-1)).view(cand.shape)
@@ -91,7 +92,7 @@ class LabelClassifiers(nn.Module):
                 raise XmineError("these classifiers need dense embeddings")
             # score against the batch's distinct candidates only, then pick: avoids materialising a
             # (B, C, d) tensor of gathered weights (the dominant cost of a step otherwise)
-            unique, inverse = torch.unique(cand, return_inverse=True)
+            unique, inverse = (torch.from_numpy(a).to(cand.device) for a in unique_ids(cand_ids, self.bias.shape[0]))
             rows = nn.functional.embedding(unique, self.weight, sparse=True) if self.sparse_grad else \
                 self.weight.index_select(0, unique)
             dense = embeddings @ rows.T  # (B, U)

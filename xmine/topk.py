@@ -55,3 +55,14 @@ def stack_rows(blocks: list[sp.csr_matrix], n_labels: int) -> sp.csr_matrix:
     if not blocks:
         return sp.csr_matrix((0, n_labels), dtype=np.float32)
     return sp.vstack(blocks).tocsr()
+
+
+def unique_ids(ids: np.ndarray, n_ids: int) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(ids, return_inverse=True)` for integer ids in [0, n_ids), by marking a table of n_ids flags
+    instead of sorting: linear time, and the same answer (sorted unique ids; `inverse` of `ids`'s shape)."""
+    ids = np.asarray(ids)
+    seen = np.zeros(n_ids, dtype=bool)
+    seen[ids] = True
+    unique = np.flatnonzero(seen)
+    position = np.cumsum(seen, dtype=np.int64) - 1  # position of each seen id among the unique ones
+    return unique, position[ids]
