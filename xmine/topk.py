@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -20,25 +21,60 @@ def csr_from_topk(scores: np.ndarray, ids: np.ndarray, n_labels: int) -> sp.csr_
 
 
 def csr_row_topk(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the k largest stored entries of each row (ties: lower label id first)."""
+    """Keep the k largest stored entries of each row (ties: lower label id first); among the kept, entries with a
+    non-finite score are dropped. Rows no longer than k are kept as they are."""
     matrix = sp.csr_matrix(matrix)
-    n = matrix.shape[0]
     lengths = np.diff(matrix.indptr)
     if lengths.size == 0 or lengths.max() <= k:
         return matrix
-    width = int(lengths.max())
-    rows = np.repeat(np.arange(n), lengths)
-    cols = np.arange(matrix.nnz) - np.repeat(matrix.indptr[:-1], lengths)
-    dense_scores = np.full((n, width), -np.inf, dtype=np.float64)
-    dense_ids = np.full((n, width), -1, dtype=np.int64)
-    dense_scores[rows, cols] = matrix.data
-    dense_ids[rows, cols] = matrix.indices
-    # sort by (-score, id): lexsort's last key is primary
-    order = np.lexsort((dense_ids, -dense_scores), axis=1)[:, :k]
-    top_scores = np.take_along_axis(dense_scores, order, axis=1)
-    top_ids = np.take_along_axis(dense_ids, order, axis=1)
-    top_ids[~np.isfinite(top_scores)] = -1
-    return csr_from_topk(top_scores, top_ids, matrix.shape[1])
+    if not matrix.has_canonical_format:  # the kernel needs each row's ids sorted and distinct
+        matrix = matrix.copy()
+        matrix.sum_duplicates()
+    indptr, indices, data = _row_topk_kernel(matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64),
+                                             matrix.data.astype(np.float64), int(k))
+    return sp.csr_matrix((data, indices, indptr), shape=matrix.shape)
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_topk_kernel(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, k: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row (label ids sorted), the k best by (-score, id), in id order; non-finite scores dropped. Linear
+    per row: the k-th best score by selection, then one pass in id order keeps every better entry and the
+    first ties (the lowest ids)."""
+    n = indptr.shape[0] - 1
+    out_indptr = np.zeros(n + 1, dtype=np.int64)
+    out_indices = np.empty(min(indices.shape[0], n * k), dtype=np.int64)
+    out_data = np.empty(out_indices.shape[0], dtype=np.float32)
+    filled = 0
+    for row in range(n):
+        start, stop = indptr[row], indptr[row + 1]
+        length = stop - start
+        if length == 0:
+            out_indptr[row + 1] = filled
+            continue
+        segment = data[start:stop]
+        take = min(k, length)
+        # NaN sorts last in np.sort/partition (ascending): negate so that the best come first and NaN stays last
+        kth = np.partition(-segment, take - 1)[take - 1]
+        if np.isnan(kth):  # fewer than k scores that are not NaN: all of those are kept
+            kth = np.inf
+        better = 0
+        for value in segment:
+            if -value < kth:
+                better += 1
+        ties_left = take - better
+        for j in range(length):
+            value = segment[j]
+            keep = -value < kth
+            if not keep and -value == kth and ties_left > 0:
+                keep = True
+                ties_left -= 1
+            if keep and np.isfinite(value):
+                out_indices[filled] = indices[start + j]
+                out_data[filled] = value
+                filled += 1
+        out_indptr[row + 1] = filled
+    return out_indptr, out_indices[:filled], out_data[:filled]
 
 
 def dense_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
