@@ -10,6 +10,7 @@ from conftest import shared_dataset
 
 from xmine.config import RankerConfig
 from xmine.errors import ConfigError, XmineError
+from xmine.linear_solver import score_pairs
 from xmine.ranker import UNTRAINED_BIAS, SparseRanker, shortlist_matrix
 
 
@@ -213,5 +214,11 @@ def test_candidate_scores_equal_the_product_against_all_labels():
     plain = (x @ ranker.weights.T).toarray() + ranker.bias
     expected = np.where(cand >= 0, np.take_along_axis(plain, np.maximum(cand, 0), axis=1), UNTRAINED_BIAS)
     np.testing.assert_allclose(ranker.score(x, cand), expected, atol=1e-5)
+    # the serial kernel (one block) and the parallel one (several blocks) give the same numbers
+    wt = ranker._weights_t
+    args = (x.indptr, x.indices, x.data.astype(np.float32), wt.indptr, wt.indices, wt.data,
+            np.ascontiguousarray(cand, dtype=np.int64), y.shape[1])
+    assert x.shape[0] > 2
+    np.testing.assert_array_equal(score_pairs(*args, block=2), score_pairs(*args))
     with pytest.raises(XmineError, match="candidate label"):
         ranker.score(x, np.full((x.shape[0], 1), y.shape[1]))

@@ -470,7 +470,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 SERVE_FLAGS = ("host", "port", "max_batch_texts", "max_wait_ms", "max_texts_per_request", "max_chars_per_text",
-               "max_body_bytes", "max_concurrent_requests", "default_k", "graceful_timeout_s", "access_log")
+               "max_body_bytes", "max_concurrent_requests", "default_k", "graceful_timeout_s", "access_log", "threads")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -501,6 +501,7 @@ def add_serve_parser(sub: Any) -> None:
     srv.add_argument("--default-k", type=int, help="k when a request gives none (default 10)")
     srv.add_argument("--graceful-timeout-s", type=float, help="SIGTERM: time allowed to finish requests (default 30)")
     srv.add_argument("--access-log", action="store_true", default=None, help="log every request")
+    srv.add_argument("--threads", type=int, help="threads of the model call (torch, faiss, numba; default: all cores)")
     srv.set_defaults(func=cmd_serve)
 # ------------------------------------------------------------------------------------------ labels
 def cmd_labels(args: argparse.Namespace) -> int:

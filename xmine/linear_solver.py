@@ -205,10 +205,19 @@ def _grow(a: np.ndarray, cap: int) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
 def score_pairs(x_indptr: np.ndarray, x_indices: np.ndarray, x_data: np.ndarray, wt_indptr: np.ndarray,
                 wt_indices: np.ndarray, wt_data: np.ndarray, candidates: np.ndarray, n_labels: int,
                 block: int = 256) -> np.ndarray:
+    """(n, C) dot products of sparse point rows with their candidate labels' weights (see `_score_pairs`). Blocks
+    of `block` points run in parallel; a single block runs on the calling thread, since handing one block to the
+    thread pool only adds a wake-up and a barrier to a small (latency-bound) call."""
+    kernel = _score_pairs_serial if candidates.shape[0] <= block else _score_pairs_parallel
+    return kernel(x_indptr, x_indices, x_data, wt_indptr, wt_indices, wt_data, candidates, n_labels, block)
+
+
+def _score_pairs(x_indptr: np.ndarray, x_indices: np.ndarray, x_data: np.ndarray, wt_indptr: np.ndarray,
+                 wt_indices: np.ndarray, wt_data: np.ndarray, candidates: np.ndarray, n_labels: int,
+                 block: int) -> np.ndarray:
     """(n, C) dot products of sparse point rows (CSR x) with the weights of each point's candidate labels, from
     the feature-major weights (CSR wt, (F, L)); candidates < 0 score 0. Per point, the weights of its features
     are walked once and kept where the label is a candidate: the work of the sparse product x @ wt, without
@@ -237,3 +246,7 @@ def score_pairs(x_indptr: np.ndarray, x_indices: np.ndarray, x_data: np.ndarray,
                 if candidates[i, j] >= 0:
                     slot[candidates[i, j]] = -1
     return out
+
+
+_score_pairs_parallel = numba.njit(cache=True, nogil=True, parallel=True)(_score_pairs)
+_score_pairs_serial = numba.njit(cache=True, nogil=True)(_score_pairs)  # prange runs as range here

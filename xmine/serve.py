@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from xmine.config import ConfigError, Params
 from xmine.errors import XmineError
+from xmine.utils import set_threads
 
 log = logging.getLogger("xmine.serve")
 
@@ -66,6 +67,7 @@ class ServeConfig(Params):
     default_k: int = 10
     graceful_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
     access_log: bool = False
+    threads: int | None = None  # threads of the model call (torch, faiss, numba); None: the libraries' default
 
     def validate(self) -> None:
         super().validate()
@@ -75,6 +77,8 @@ class ServeConfig(Params):
                      "max_concurrent_requests", "default_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serve.{name} must be >= 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"serve.threads must be >= 1, got {self.threads}")
         if self.max_wait_ms < 0 or self.graceful_timeout_s < 0:
             raise ConfigError("serve.max_wait_ms and serve.graceful_timeout_s must be >= 0")
 
@@ -553,6 +557,7 @@ def serve(model_dir: str | Path, config: ServeConfig | None = None) -> int:
 
     config = config or ServeConfig()
     read_model_config(model_dir)  # a wrong path fails here, before the server starts
+    set_threads(config.threads)
     failed: list[str] = []
     server: uvicorn.Server | None = None
 

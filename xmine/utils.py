@@ -117,3 +117,6 @@ def set_threads(num_threads: int | None) -> None:
             faiss.omp_set_num_threads(num_threads)
         except ImportError:  # pragma: no cover - faiss is a core dependency
             pass
+        import numba
+
+        numba.set_num_threads(min(num_threads, numba.config.NUMBA_NUM_THREADS))
