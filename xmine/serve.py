@@ -522,7 +522,8 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None, holder:
                           "max_chars_per_text": config.max_chars_per_text, "max_body_bytes": config.max_body_bytes,
                           "max_concurrent_requests": config.max_concurrent_requests, "default_k": config.default_k,
                           "max_k": loaded.n_labels if loaded is not None else None}
-        body["batching"] = {"max_batch_texts": config.max_batch_texts, "max_wait_ms": config.max_wait_ms}
+        body["batching"] = {"max_batch_texts": config.max_batch_texts, "max_wait_ms": config.max_wait_ms,
+                            "threads": config.threads}
         return JSONResponse(body)
 
     @app.get("/metrics")
