@@ -208,45 +208,56 @@ def _grow(a: np.ndarray, cap: int) -> np.ndarray:
 def score_pairs(x_indptr: np.ndarray, x_indices: np.ndarray, x_data: np.ndarray, wt_indptr: np.ndarray,
                 wt_indices: np.ndarray, wt_data: np.ndarray, candidates: np.ndarray, n_labels: int,
                 block: int = 256) -> np.ndarray:
-    """(n, C) dot products of sparse point rows with their candidate labels' weights (see `_score_pairs`). Blocks
-    of `block` points run in parallel; a single block runs on the calling thread, since handing one block to the
-    thread pool only adds a wake-up and a barrier to a small (latency-bound) call."""
-    kernel = _score_pairs_serial if candidates.shape[0] <= block else _score_pairs_parallel
-    return kernel(x_indptr, x_indices, x_data, wt_indptr, wt_indices, wt_data, candidates, n_labels, block)
-
-
-def _score_pairs(x_indptr: np.ndarray, x_indices: np.ndarray, x_data: np.ndarray, wt_indptr: np.ndarray,
-                 wt_indices: np.ndarray, wt_data: np.ndarray, candidates: np.ndarray, n_labels: int,
-                 block: int) -> np.ndarray:
     """(n, C) dot products of sparse point rows (CSR x) with the weights of each point's candidate labels, from
     the feature-major weights (CSR wt, (F, L)); candidates < 0 score 0. Per point, the weights of its features
     are walked once and kept where the label is a candidate: the work of the sparse product x @ wt, without
-    building the (n, L) product only to look the candidates up in it."""
-    n, c = candidates.shape
-    out = np.zeros((n, c), np.float32)
-    n_blocks = (n + block - 1) // block
-    for b in numba.prange(n_blocks):
-        slot = np.full(n_labels, -1, np.int32)  # the candidate's column of each label, for the current point
-        for i in range(b * block, min(n, (b + 1) * block)):
-            for j in range(c):
-                if candidates[i, j] >= 0:
-                    slot[candidates[i, j]] = j
-            for p in range(x_indptr[i], x_indptr[i + 1]):
-                f = x_indices[p]
-                v = x_data[p]
-                for q in range(wt_indptr[f], wt_indptr[f + 1]):
-                    j = slot[wt_indices[q]]
-                    if j >= 0:
-                        out[i, j] += v * wt_data[q]
-            for j in range(c):  # a label listed twice: its later column took the sum, copy it back
-                label = candidates[i, j]
-                if label >= 0 and slot[label] != j:
-                    out[i, j] = out[i, slot[label]]
-            for j in range(c):
-                if candidates[i, j] >= 0:
-                    slot[candidates[i, j]] = -1
+    building the (n, L) product only to look the candidates up in it. Blocks of `block` points run in parallel;
+    a single block runs on the calling thread, since handing it to the thread pool only adds a wake-up and a
+    barrier to a small, latency-bound call."""
+    out = np.zeros(candidates.shape, np.float32)
+    if candidates.shape[0] <= block:
+        _score_pairs_block(x_indptr, x_indices, x_data, wt_indptr, wt_indices, wt_data, candidates, n_labels,
+                           0, candidates.shape[0], out)
+    else:
+        _score_pairs_parallel(x_indptr, x_indices, x_data, wt_indptr, wt_indices, wt_data, candidates, n_labels,
+                              block, out)
     return out
 
 
-_score_pairs_parallel = numba.njit(cache=True, nogil=True, parallel=True)(_score_pairs)
-_score_pairs_serial = numba.njit(cache=True, nogil=True)(_score_pairs)  # prange runs as range here
+# Two compiled functions, not one Python function compiled twice: numba's cache files are named after the
+# Python function, so two dispatchers of one function would load each other's (serial vs parallel) code.
+@numba.njit(cache=True, nogil=True)
+def _score_pairs_block(x_indptr: np.ndarray, x_indices: np.ndarray, x_data: np.ndarray, wt_indptr: np.ndarray,
+                       wt_indices: np.ndarray, wt_data: np.ndarray, candidates: np.ndarray, n_labels: int,
+                       lo: int, hi: int, out: np.ndarray) -> None:
+    """Rows lo..hi of `score_pairs`, written into `out`."""
+    c = candidates.shape[1]
+    slot = np.full(n_labels, -1, np.int32)  # the candidate's column of each label, for the current point
+    for i in range(lo, hi):
+        for j in range(c):
+            if candidates[i, j] >= 0:
+                slot[candidates[i, j]] = j
+        for p in range(x_indptr[i], x_indptr[i + 1]):
+            f = x_indices[p]
+            v = x_data[p]
+            for q in range(wt_indptr[f], wt_indptr[f + 1]):
+                j = slot[wt_indices[q]]
+                if j >= 0:
+                    out[i, j] += v * wt_data[q]
+        for j in range(c):  # a label listed twice: its later column took the sum, copy it back
+            label = candidates[i, j]
+            if label >= 0 and slot[label] != j:
+                out[i, j] = out[i, slot[label]]
+        for j in range(c):
+            if candidates[i, j] >= 0:
+                slot[candidates[i, j]] = -1
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _score_pairs_parallel(x_indptr: np.ndarray, x_indices: np.ndarray, x_data: np.ndarray, wt_indptr: np.ndarray,
+                          wt_indices: np.ndarray, wt_data: np.ndarray, candidates: np.ndarray, n_labels: int,
+                          block: int, out: np.ndarray) -> None:
+    n = candidates.shape[0]
+    for b in numba.prange((n + block - 1) // block):
+        _score_pairs_block(x_indptr, x_indices, x_data, wt_indptr, wt_indices, wt_data, candidates, n_labels,
+                           b * block, min(n, (b + 1) * block), out)
