@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from xmine.models.ngame import _gathered_products
-from xmine.topk import csr_row_topk, unique_ids
+from xmine.topk import csr_row_topk, pair_dots, unique_ids
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 30), (64, 200)])
@@ -19,13 +18,14 @@ def test_unique_ids_equals_numpy_unique(shape):
     assert np.array_equal(unique[inverse], ids)
 
 
-def test_gathered_products_equal_the_plain_gather():
+def test_pair_dots_equal_the_plain_gather_and_padding_scores_zero():
     rng = np.random.default_rng(0)
     table = rng.normal(size=(300, 16)).astype(np.float32)
     queries = rng.normal(size=(9, 16)).astype(np.float32)
-    ids = rng.integers(0, 300, size=(9, 40))
-    plain = np.einsum("nd,ncd->nc", queries, table[ids])
-    assert np.allclose(_gathered_products(queries, table, ids), plain, atol=1e-5)
+    ids = rng.integers(-1, 300, size=(9, 40))
+    plain = np.where(ids >= 0, np.einsum("nd,ncd->nc", queries, table[np.maximum(ids, 0)]), 0)
+    assert np.allclose(pair_dots(queries, table, ids), plain, atol=1e-5)
+    assert (pair_dots(queries, table, ids)[ids < 0] == 0).all()
 
 
 def _plain_csr_row_topk(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:

@@ -21,7 +21,7 @@ from torch import nn
 from xmine.config import FeatureSet
 from xmine.errors import XmineError
 from xmine.safeio import json_field, load_state_dict_into, load_tensors, model_error
-from xmine.topk import csr_row_topk, unique_ids
+from xmine.topk import csr_row_topk, pair_dots, unique_ids
 from xmine.utils import atomic_torch_save
 
 _K1 = np.uint64(0x9E3779B97F4A7C15)
@@ -90,21 +90,30 @@ class LabelClassifiers(nn.Module):
         if self.use_dense:
             if embeddings is None:
                 raise XmineError("these classifiers need dense embeddings")
-            # score against the batch's distinct candidates only, then pick: avoids materialising a
+            if not torch.is_grad_enabled() and self.weight.device.type == "cpu":
+                # prediction: one compiled dot product per (point, candidate) pair, no gathered copy of rows
+                dense = pair_dots(embeddings.numpy(), self.weight.detach().numpy(), cand_ids)
+                return self._with_sparse(out + torch.from_numpy(dense), sparse_x, candidates)
+            # training: score against the batch's distinct candidates only, then pick: avoids materialising a
             # (B, C, d) tensor of gathered weights (the dominant cost of a step otherwise)
             unique, inverse = (torch.from_numpy(a).to(cand.device) for a in unique_ids(cand_ids, self.bias.shape[0]))
             rows = nn.functional.embedding(unique, self.weight, sparse=True) if self.sparse_grad else \
                 self.weight.index_select(0, unique)
             dense = embeddings @ rows.T  # (B, U)
             out = out + dense.gather(1, inverse)
-        if self.use_sparse:
-            if sparse_x is None:
-                raise XmineError("these classifiers need sparse features")
-            sparse = self._sparse_scores(sparse_x, candidates)
-            if self.sparse_trained_labels is not None and self.sparse_trained_labels < self.n_labels:
-                sparse = sparse * torch.from_numpy(candidates < self.sparse_trained_labels).to(sparse.device)
-            out = out + sparse
-        return out
+        return self._with_sparse(out, sparse_x, candidates)
+
+    def _with_sparse(self, out: torch.Tensor, sparse_x: sp.csr_matrix | None, candidates: np.ndarray
+                     ) -> torch.Tensor:
+        """`out` plus the hashed sparse features' scores, for classifiers that use them."""
+        if not self.use_sparse:
+            return out
+        if sparse_x is None:
+            raise XmineError("these classifiers need sparse features")
+        sparse = self._sparse_scores(sparse_x, candidates)
+        if self.sparse_trained_labels is not None and self.sparse_trained_labels < self.n_labels:
+            sparse = sparse * torch.from_numpy(candidates < self.sparse_trained_labels).to(sparse.device)
+        return out + sparse
 
     def _sparse_scores(self, sparse_x: sp.csr_matrix, candidates: np.ndarray) -> torch.Tensor:
         b, c = candidates.shape

@@ -50,7 +50,7 @@ from xmine.models.knn import TfidfKNN
 from xmine.ranker import SparseRanker
 from xmine.safeio import json_field, load_json, load_npy, params_from
 from xmine.shortlist import csr_rows_to_ids, recall_of_shortlist, union_candidates
-from xmine.topk import csr_from_topk, csr_row_topk, stack_rows, unique_ids
+from xmine.topk import csr_from_topk, csr_row_topk, pair_dots, stack_rows
 from xmine.training.checkpoint import config_fingerprint, remove_checkpoints
 from xmine.training.classifiers import train_classifiers
 from xmine.training.siamese import sample_one_positive, train_siamese
@@ -127,7 +127,7 @@ class ShortlistScorer:
             rows = slice(start, start + chunk)
             block = np.maximum(cand[rows], 0)
             if "encoder" in scores:
-                scores["encoder"][rows] = _gathered_products(emb[rows], self.label_embeddings, block)
+                scores["encoder"][rows] = pair_dots(emb[rows], self.label_embeddings, block)
             if "classifier" in scores:
                 x = sparse_x[rows] if classifier_sparse else None
                 scores["classifier"][rows] = self.classifiers.score(torch.from_numpy(emb[rows]), x, cand[rows]).numpy()
@@ -616,11 +616,3 @@ class NGAME(XMCModel):
         load_label_state(model, directory)
         return model
 
-
-def _gathered_products(queries: np.ndarray, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(n, C) inner products of each query with the rows `ids[i]` of `table`: one product against the distinct
-    rows, then a gather. Gathering a (n, C, d) block of rows first costs far more memory traffic for the same
-    numbers; the sums are over the same d terms (float32, so equal up to summation order)."""
-    unique, inverse = unique_ids(ids, table.shape[0])
-    products = queries @ np.asarray(table[unique]).T  # (n, U)
-    return np.take_along_axis(products, inverse, axis=1)
