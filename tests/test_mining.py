@@ -119,3 +119,15 @@ def test_uniform_negatives_on_a_tiny_label_space_pad_instead_of_repeating():
     cand = sampler.sample(None, positives, use_mips=False)
     assert set(cand[0][cand[0] >= 0]) <= {2, 3, 4, 5} and len(set(cand[0][cand[0] >= 0])) == 4
     assert (cand[0] == -1).sum() == 6
+
+
+def test_is_in_equals_numpy_isin_and_shortlist_recall_counts_hits():
+    from xmine.shortlist import is_in, recall_of_shortlist
+
+    rng = np.random.default_rng(0)
+    for n_values, n_pool in ((1000, 50), (50, 1000), (300, 0), (0, 10)):
+        values, pool = rng.integers(-5, 200, n_values), rng.integers(-5, 200, (n_pool, 1)) if n_pool else []
+        assert np.array_equal(is_in(values, pool), np.isin(values, pool))
+    cand = np.array([[3, 1, -1], [0, -1, -1]])
+    labels = sp.csr_matrix(np.array([[0, 1, 1, 1], [1, 1, 0, 0]]))
+    assert recall_of_shortlist(cand, labels) == pytest.approx(100 * (2 / 3 + 1 / 2) / 2)

@@ -384,6 +384,12 @@ class FusionConfig(Params):
     max_depth: int = 7
     # the fitted options (regression, tree) are judged on held-out points by cross-fitting over this many folds
     selection_folds: int = 3
+    # the regression is fitted on at most this many of the held-out candidate pairs (0: all): every positive up to
+    # half of them, the rest a uniform sample of the negatives (the tree sees them all: see fusion.fit_pair_models)
+    fit_pairs: int = 100_000
+    # the tree is fitted on each feature's quantile bin (this many bins; 0: on the values themselves): far cheaper,
+    # and its splits, mapped back to values, fall between the same pairs up to the bins' resolution
+    tree_bins: int = 255
     holdout_points: int = 2000
     # of the held-out points, this many are kept out of stage 1 as well. An encoder that memorised its training
     # points scores the other held-out points too well (Bibtex: held-out nDCG@5 97.7, test 58.0), and a fusion
@@ -398,7 +404,9 @@ class FusionConfig(Params):
     def validate(self) -> None:
         super().validate()
         _positive(self, "max_depth", "holdout_points", "selection_folds")
-        _non_negative(self, "stage1_unseen_points")
+        _non_negative(self, "stage1_unseen_points", "fit_pairs", "tree_bins")
+        if self.tree_bins == 1:
+            raise ConfigError("FusionConfig.tree_bins must be 0 (no binning) or at least 2, got 1")
         if not 0 <= self.weight <= 1:
             raise ConfigError(f"FusionConfig.weight must be in [0, 1], got {self.weight}")
 

@@ -24,6 +24,7 @@ training, the fusion fitted on the others is judged on them against one fitted o
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,20 @@ def point_context(values: dict[str, np.ndarray], valid: np.ndarray) -> list[np.n
     return cols
 
 
+def subsample_pairs(target: np.ndarray, max_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """At most `max_pairs` of the pairs (0: all), by class: the positives up to half of them, the rest negatives,
+    each drawn uniformly. Returns the kept positions (sorted) and each class's weight (negative, positive): its
+    pairs over its kept pairs, so that weighted sums over the kept pairs estimate those over all of them."""
+    target = np.asarray(target, dtype=bool)
+    counts = np.array([(~target).sum(), target.sum()])
+    if max_pairs <= 0 or counts.sum() <= max_pairs:
+        return np.arange(len(target)), np.ones(2)
+    keep_pos = min(counts[1], max_pairs // 2)
+    kept = np.array([min(counts[0], max_pairs - keep_pos), keep_pos])
+    parts = [rng.choice(np.flatnonzero(target == bool(c)), size=kept[c], replace=False) for c in (0, 1)]
+    return np.sort(np.concatenate(parts)), counts / np.maximum(kept, 1)
+
+
 def ndcg_at_5(fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_matrix) -> float:
     """nDCG@5 of ranking each row's candidates by `fused` (padding candidates never rank)."""
     fused = np.where(candidates >= 0, fused, -np.inf)
@@ -129,6 +144,59 @@ def choose_mode(results: dict[str, float]) -> str:
     seed 2: tree 60.4 = regression + tree 60.4 held out; test P@1 66.2 vs 67.8)."""
     best = max(results.values())
     return next(m for m in (*PREFERENCE, *results) if m in results and results[m] >= best - SELECTION_MARGIN)
+
+
+class FeatureBins:
+    """Each feature cut at (up to) `n_bins - 1` quantile edges: the tree is fitted on bin codes instead of values,
+    which is cheaper (its splitter sorts far fewer distinct values), and a split on codes is mapped back to one on
+    values. `code = number of edges below the value`, so `code <= b` is exactly `value <= edges[b]`."""
+
+    def __init__(self, features: np.ndarray, n_bins: int, sample: int = 200_000, seed: int = 0) -> None:
+        rows = features if len(features) <= sample else \
+            features[np.random.default_rng([seed, 31]).choice(len(features), sample, replace=False)]
+        levels = np.linspace(0, 1, n_bins + 1)[1:-1]
+        self.edges = [np.unique(np.quantile(rows[:, j], levels)) for j in range(features.shape[1])]
+
+    def codes(self, features: np.ndarray) -> np.ndarray:
+        return np.stack([np.searchsorted(edges, features[:, j]) for j, edges in enumerate(self.edges)],
+                        axis=1).astype(np.float32)
+
+    def value_thresholds(self, tree: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`tree` (fitted on codes) with its split thresholds on feature values."""
+        split = tree["feature"] >= 0
+        threshold = tree["threshold"].copy()
+        for node in np.flatnonzero(split):
+            edges = self.edges[tree["feature"][node]]
+            threshold[node] = edges[min(int(np.floor(threshold[node])), len(edges) - 1)]
+        return {**tree, "threshold": threshold}
+
+
+def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray, rows: np.ndarray,
+                    config: FusionConfig, seed: int, bins: FeatureBins | None = None,
+                    codes: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """The regression's weights (+ bias) and the tree's arrays, fitted on the candidate pairs of the points where
+    `rows` is True; None when those pairs hold one class only. The regression sees at most `config.fit_pairs` of
+    them (subsample_pairs): a dozen weights need no more. The tree sees them all: on a sample its leaves, fitted
+    on fewer negatives, ranked the test points worse (HPO, 100k of 537k pairs: test P@1 -0.8 and -1.1). With
+    `bins`, the tree is fitted on the pairs' bin `codes` (rows of `features`'s)."""
+    pairs = np.flatnonzero((valid & rows[:, None]).ravel())
+    x, y = features[pairs], target.ravel()[pairs]
+    if y.all() or not y.any():
+        return None
+    keep, _ = subsample_pairs(y, config.fit_pairs, np.random.default_rng([seed, 29]))
+    sampled = len(keep) < len(y)
+    x_lr, y_lr = (x[keep], y[keep]) if sampled else (x, y)
+    mean, std = x_lr.mean(0), x_lr.std(0) + 1e-9
+    # balanced classes; on a sample, scaled so that the regularisation weighs as much as on all pairs
+    lr = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced").fit(
+        (x_lr - mean) / std, y_lr, sample_weight=np.full(len(y_lr), len(y) / len(y_lr)) if sampled else None)
+    # fold the standardisation into the weights so prediction needs only coef
+    weights = lr.coef_[0] / std
+    coef = np.concatenate([weights, [lr.intercept_[0] - float(weights @ mean)]])
+    tree = DecisionTreeClassifier(max_depth=config.max_depth, min_samples_leaf=50, random_state=seed)
+    if bins is None:
+        return coef, _tree_arrays(tree.fit(x, y))
+    return coef, bins.value_thresholds(_tree_arrays(tree.fit(codes[pairs], y)))
 
 
 class ScoreFusion:
@@ -185,8 +253,10 @@ class ScoreFusion:
         return np.where(candidates >= 0, self._score_mode(self.mode, scores, candidates, features), -np.inf)
 
     def fit(self, scores: dict[str, np.ndarray], candidates: np.ndarray, true_labels: sp.csr_matrix,
-            seed: int = 0) -> dict[str, float]:
-        """Fit on held-out training points; returns the held-out nDCG@5 of every option tried."""
+            seed: int = 0, n_jobs: int = 1) -> dict[str, float]:
+        """Fit on held-out training points; returns the held-out nDCG@5 of every option tried. The models of the
+        selection folds and the final one are independent fits, run in `n_jobs` threads (the same models as one
+        after the other)."""
         self._check(scores, candidates)
         if self.config.kind == "fixed":
             self.mode = "fixed"
@@ -202,20 +272,26 @@ class ScoreFusion:
         learned = ("lr", "tree", "lr+tree")
         n_points = candidates.shape[0]
         folds = min(self.config.selection_folds, n_points)
+        point_fold = np.random.default_rng([seed, 23]).permutation(n_points) % folds
+        # the fold models (each fitted without its fold's points), then the final one on all points
+        fit_rows = [point_fold != fold for fold in range(folds)] if folds > 1 else []
+        fit_rows.append(np.ones(n_points, dtype=bool))
+        bins = FeatureBins(features, self.config.tree_bins, seed=seed) if self.config.tree_bins else None
+        codes = bins.codes(features) if bins is not None else None
+        with ThreadPoolExecutor(max(1, min(n_jobs, len(fit_rows)))) as pool:
+            fitted = list(pool.map(lambda rows: fit_pair_models(features, valid, target, rows, self.config, seed,
+                                                                bins, codes), fit_rows))
         out_of_fold: dict[str, np.ndarray] | None = None
-        if folds > 1:
+        if folds > 1 and all(models is not None for models in fitted[:-1]):  # else: a fold without both classes
             out_of_fold = {mode: np.zeros(candidates.shape) for mode in learned}
-            point_fold = np.random.default_rng([seed, 23]).permutation(n_points) % folds
             per_point = features.reshape(*candidates.shape, -1)
             for fold in range(folds):
-                if not self._fit_models(features, valid, target, point_fold != fold, seed):
-                    out_of_fold = None  # a fold without both classes: judge in-sample instead
-                    break
+                self.coef, self.tree = fitted[fold]
                 rows = np.flatnonzero(point_fold == fold)
                 fold_features = per_point[rows].reshape(-1, features.shape[1])
                 for mode in learned:
                     out_of_fold[mode][rows] = self._score_mode(mode, scores, candidates[rows], fold_features)
-        self._fit_models(features, valid, target, np.ones(n_points, dtype=bool), seed)
+        self.coef, self.tree = fitted[-1]
         for mode in learned:
             fused = out_of_fold[mode] if out_of_fold is not None else \
                 self._score_mode(mode, scores, candidates, features)
@@ -224,30 +300,13 @@ class ScoreFusion:
         self.selection = results
         return results
 
-    def _fit_models(self, features: np.ndarray, valid: np.ndarray, target: np.ndarray, rows: np.ndarray,
-                    seed: int) -> bool:
-        """Fit the regression and the tree on the candidate pairs of the points where `rows` is True;
-        False (nothing fitted) when those pairs hold one class only."""
-        pairs = (valid & rows[:, None]).ravel()
-        x, y = features[pairs], target.ravel()[pairs]
-        if y.all() or not y.any():
-            return False
-        mean, std = x.mean(0), x.std(0) + 1e-9
-        lr = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced").fit((x - mean) / std, y)
-        # fold the standardisation into the weights so prediction needs only coef
-        weights = lr.coef_[0] / std
-        self.coef = np.concatenate([weights, [lr.intercept_[0] - float(weights @ mean)]])
-        tree = DecisionTreeClassifier(max_depth=self.config.max_depth, min_samples_leaf=50, random_state=seed)
-        self.tree = _tree_arrays(tree.fit(x, y))
-        return True
-
     def held_out_ndcg(self, scores: dict[str, np.ndarray], candidates: np.ndarray, true_labels: sp.csr_matrix
                       ) -> float:
         """nDCG@5 of the fitted fusion on points it was not fitted on."""
         return ndcg_at_5(self.combine(scores, candidates), candidates, true_labels)
 
     def fit_checked(self, scores: dict[str, np.ndarray], candidates: np.ndarray, true_labels: sp.csr_matrix,
-                    unseen: np.ndarray, seed: int = 0) -> dict[str, Any]:
+                    unseen: np.ndarray, seed: int = 0, n_jobs: int = 1) -> dict[str, Any]:
         """Fit on held-out training points of which those where `unseen` is True were never seen by the
         encoder's training either. The fusion fitted on the seen ones (A) and one fitted on the unseen ones
         alone (B, scored by 2-fold cross-fitting) are compared on the unseen points; with B better by
@@ -255,7 +314,7 @@ class ScoreFusion:
         measured."""
         unseen = np.asarray(unseen, dtype=bool)
         if self.config.kind == "fixed" or unseen.sum() < 2 or unseen.all():
-            return {"selection": self.fit(scores, candidates, true_labels, seed)}
+            return {"selection": self.fit(scores, candidates, true_labels, seed, n_jobs)}
 
         def part(rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, sp.csr_matrix]:
             return {k: v[rows] for k, v in scores.items()}, candidates[rows], true_labels[rows]
@@ -269,17 +328,17 @@ class ScoreFusion:
         report: dict[str, Any] = {"seen_points": len(seen_rows), "unseen_points": len(unseen_rows),
                                   "encoder_ndcg5_seen": encoder_ndcg(seen_rows),
                                   "encoder_ndcg5_unseen": encoder_ndcg(unseen_rows)}
-        self.fit(*part(seen_rows), seed)
+        self.fit(*part(seen_rows), seed, n_jobs)
         report["fitted_on_seen_ndcg5_unseen"] = self.held_out_ndcg(*part(unseen_rows))
         halves = np.array_split(np.random.default_rng([seed, 17]).permutation(unseen_rows), 2)
         cross = []
         for fit_half, test_half in ((halves[0], halves[1]), (halves[1], halves[0])):
-            self.fit(*part(fit_half), seed)
+            self.fit(*part(fit_half), seed, n_jobs)
             cross.append(self.held_out_ndcg(*part(test_half)) * len(test_half))
         report["fitted_on_unseen_ndcg5_crossfit"] = sum(cross) / len(unseen_rows)
         use_unseen = report["fitted_on_unseen_ndcg5_crossfit"] > report["fitted_on_seen_ndcg5_unseen"] + LEAKAGE_MARGIN
         report["fitted_on"] = "unseen" if use_unseen else "all"
-        report["selection"] = self.fit(*part(unseen_rows if use_unseen else np.arange(len(unseen))), seed)
+        report["selection"] = self.fit(*part(unseen_rows if use_unseen else np.arange(len(unseen))), seed, n_jobs)
         return report
 
     def save(self, directory: str | Path) -> None:

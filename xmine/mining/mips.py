@@ -15,6 +15,7 @@ import scipy.sparse as sp
 from xmine.config import IndexConfig
 from xmine.errors import XmineError
 from xmine.index import LabelIndex
+from xmine.shortlist import is_in
 
 
 def row_sets_to_keys(rows: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
@@ -30,7 +31,7 @@ def remove_positives_and_duplicates(candidates: np.ndarray, positives: sp.csr_ma
     keys = row_sets_to_keys(rows, np.maximum(out.ravel(), 0), n_labels)
     pos_rows = np.repeat(np.arange(b), np.diff(positives.indptr))
     pos_keys = row_sets_to_keys(pos_rows, positives.indices, n_labels)
-    bad = np.isin(keys, pos_keys) | (out.ravel() < 0)
+    bad = is_in(keys, pos_keys) | (out.ravel() < 0)
     # duplicates: keep the first occurrence of each key
     _, first = np.unique(keys, return_index=True)
     dup = np.ones(keys.shape[0], dtype=bool)

@@ -449,7 +449,7 @@ class NGAME(XMCModel):
         cand, scores = self._scorer()(data.emb[holdout], data.features[holdout], use_classifier_index=True,
                                       classifier_sparse=cfg.classifier.features != "dense", exclude_rows=holdout)
         check = self.fusion.fit_checked(scores, cand, data.labels[holdout], np.isin(holdout, stage1_unseen_rows),
-                                        seed=cfg.classifier.seed)
+                                        seed=cfg.classifier.seed, n_jobs=torch.get_num_threads())
         self.history["fusion_selection"] = check.pop("selection")
         self.history["fusion_check"] = check
         self.history["fusion_mode"] = self.fusion.mode
