@@ -74,3 +74,60 @@ def small_hpo(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_sparse_matrix(out / "trn_X_Y.txt", sp.csr_matrix(y_trn[:, keep]))
     write_sparse_matrix(out / "tst_X_Y.txt", sp.csr_matrix(y_tst[:, keep]))
     return out
+
+
+# ------------------------------------------------------------------------------- one shared tiny NGAME
+def held_back_labels(labels) -> np.ndarray:
+    """A tenth of the labels seen in training (fixed seed): hidden from the shared model's training, so that the
+    tests of adding labels have labels to add by text."""
+    seen = np.flatnonzero(np.asarray(labels.sum(0)).ravel() > 0)
+    return np.sort(np.random.default_rng(0).choice(seen, len(seen) // 10, replace=False))
+
+
+def without_labels(ds, hidden: np.ndarray):
+    """`ds` with the label columns `hidden` removed (their texts too)."""
+    import scipy.sparse as sp
+
+    from xmine.data import Dataset, Split
+
+    kept = np.setdiff1d(np.arange(ds.n_labels), hidden)
+    return Dataset(ds.path, Split(sp.csr_matrix(ds.train.labels[:, kept]), ds.train.texts),
+                   Split(sp.csr_matrix(ds.test.labels[:, kept]), ds.test.texts), len(kept),
+                   [ds.label_texts[i] for i in kept], ds.text_variant, ds.layout)
+
+
+def shared_ngame_config(tiny_model_dir: Path, **changes):
+    """The shared tiny NGAME's configuration: the tiny bag-of-words encoder, 3 stage-1 epochs, 1 classifier
+    epoch; enough for an encoder that embeds a label text next to the texts that name it."""
+    from xmine.config import ClassifierConfig, ClusterScheduleConfig, EncoderConfig, NGAMEConfig, SiameseConfig
+
+    schedule = ClusterScheduleConfig(unit="epoch", start=1, refresh_every=1, milestones=[1], sizes=[8])
+    config = NGAMEConfig(encoder=EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=32,
+                                               num_threads=2),
+                         siamese=SiameseConfig(epochs=3, batch_size=256, lr=3e-3, lr_embeddings=1e-2,
+                                               temperature=0.1, schedule=schedule),
+                         classifier=ClassifierConfig(epochs=1, shortlist_size=30, hash_buckets=1 << 16))
+    return config.replace(**changes)
+
+
+@pytest.fixture(scope="session")
+def hidden_labels(small_hpo: Path) -> np.ndarray:
+    """The labels of small_hpo that the shared tiny NGAME never saw (see `held_back_labels`)."""
+    from xmine.data import load_dataset
+
+    return held_back_labels(load_dataset(small_hpo).train.labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_ngame_dir(small_hpo: Path, hidden_labels: np.ndarray, tiny_model_dir: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny NGAME, both stages, trained once per test session on small_hpo without `hidden_labels` and saved:
+    for every test that needs *a* trained NGAME model directory (loading, damage, serving, adding labels, a
+    stage-1 model to start stage 2 from). Tests must not change it: copy it, or load it and change the copy."""
+    from xmine.data import load_dataset
+    from xmine.models import NGAME
+
+    out = tmp_path_factory.mktemp("tiny-ngame") / "model"
+    ds = without_labels(load_dataset(small_hpo), hidden_labels)
+    NGAME.train(ds, shared_ngame_config(tiny_model_dir), progress=False).save(out)
+    return out

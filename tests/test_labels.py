@@ -9,40 +9,22 @@ import threading
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import shared_ngame_config, without_labels
 
 from xmine.cli import main as cli_main
 from xmine.config import (
     ClassifierConfig,
-    ClusterScheduleConfig,
     EncoderConfig,
     IndexConfig,
     MIPSConfig,
     MIPSMethodConfig,
-    NGAMEConfig,
     SiameseConfig,
 )
-from xmine.data import Dataset, Split, load_dataset
+from xmine.data import load_dataset
 from xmine.errors import DataFormatError, XmineError
 from xmine.index import LabelIndex
 from xmine.labels import impute_new_label_scores, label_state, rank_new_labels, read_label_file, update_model_dir
 from xmine.models import NGAME, MIPSClassifier, load_model
-
-
-def _config(tiny_model_dir, **changes) -> NGAMEConfig:
-    schedule = ClusterScheduleConfig(unit="epoch", start=1, refresh_every=1, milestones=[1], sizes=[8])
-    config = NGAMEConfig(encoder=EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=32,
-                                               num_threads=2),
-                         siamese=SiameseConfig(epochs=3, batch_size=256, lr=3e-3, lr_embeddings=1e-2,
-                                               temperature=0.1, schedule=schedule),
-                         classifier=ClassifierConfig(epochs=1, shortlist_size=30, hash_buckets=1 << 16))
-    return config.replace(**changes)
-
-
-def _hide(ds: Dataset, hidden: np.ndarray) -> Dataset:
-    kept = np.setdiff1d(np.arange(ds.n_labels), hidden)
-    return Dataset(ds.path, Split(sp.csr_matrix(ds.train.labels[:, kept]), ds.train.texts),
-                   Split(sp.csr_matrix(ds.test.labels[:, kept]), ds.test.texts), len(kept),
-                   [ds.label_texts[i] for i in kept], ds.text_variant, ds.layout)
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +33,14 @@ def ds(small_hpo):
 
 
 @pytest.fixture(scope="module")
-def hidden(ds) -> np.ndarray:
-    seen = np.flatnonzero(np.asarray(ds.train.labels.sum(0)).ravel() > 0)
-    return np.sort(np.random.default_rng(0).choice(seen, len(seen) // 10, replace=False))
+def hidden(hidden_labels) -> np.ndarray:
+    return hidden_labels
 
 
 @pytest.fixture(scope="module")
-def trained_dir(ds, hidden, tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("labels-ngame")
-    NGAME.train(_hide(ds, hidden), _config(tiny_model_dir), progress=False).save(out)
-    return out
+def trained_dir(tiny_ngame_dir):
+    """The session's shared tiny NGAME (conftest), trained without the `hidden` labels."""
+    return tiny_ngame_dir
 
 
 @pytest.fixture()
@@ -163,7 +143,7 @@ def test_bad_labels_give_clear_errors(model):
 
 
 def test_stage1_only_model_takes_new_labels(ds, hidden, tiny_model_dir, tmp_path):
-    model = NGAME.train(_hide(ds, hidden), _config(tiny_model_dir, stages=[1]).replace(
+    model = NGAME.train(without_labels(ds, hidden), shared_ngame_config(tiny_model_dir, stages=[1]).replace(
         siamese=SiameseConfig(epochs=1, batch_size=256, lr=3e-3, temperature=0.1)), progress=False)
     texts = [ds.label_texts[i] for i in hidden]
     ids = model.add_labels(texts)

@@ -76,10 +76,9 @@ def tiny_ngame_config(tiny_model_dir: Path, **changes) -> NGAMEConfig:
 
 
 @pytest.fixture(scope="module")
-def ngame_dir(ds, tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rel-ngame") / "model"
-    NGAME.train(ds, tiny_ngame_config(tiny_model_dir), progress=False).save(out)
-    return out
+def ngame_dir(tiny_ngame_dir):
+    """The session's shared tiny NGAME model directory (conftest); tests damage copies of it."""
+    return tiny_ngame_dir
 
 
 @pytest.fixture(scope="module")
@@ -136,15 +135,14 @@ def test_a_pickle_exploit_in_an_npz_never_runs(ngame_dir, tmp_path, target):
 
 
 @pytest.mark.parametrize("checkpoint", ["stage1.pt", "stage2.pt"])
-def test_a_pickle_exploit_in_a_checkpoint_never_runs_on_resume(ds, tiny_model_dir, tmp_path, checkpoint):
+def test_a_pickle_exploit_in_a_checkpoint_never_runs_on_resume(ds, tiny_model_dir, ngame_dir, tmp_path, checkpoint):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     marker = tmp_path / "pwned"
     write_exploit_pt(out / "checkpoints" / checkpoint, marker)
     config = tiny_ngame_config(tiny_model_dir)
-    if checkpoint == "stage2.pt":  # stage 2 alone, from a saved stage-1 model
-        stage1 = tmp_path / "stage1"
-        NGAME.train(ds, config.replace(stages=[1]), progress=False).save(stage1)
+    if checkpoint == "stage2.pt":  # stage 2 alone, from a saved model's stage 1
+        stage1 = ngame_dir
         config = config.replace(stages=[2])
     else:
         stage1 = None

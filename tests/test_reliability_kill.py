@@ -149,12 +149,9 @@ def test_kill_while_saving_an_ngame_model_over_a_knn_model(ngame_model_dir, old_
 
 
 @pytest.fixture(scope="module")
-def ngame_model_dir(small_hpo, tiny_model_dir, tmp_path_factory):
-    from test_reliability import tiny_ngame_config
-
-    out = tmp_path_factory.mktemp("ngame-src") / "model"
-    NGAME.train(load_dataset(small_hpo), tiny_ngame_config(tiny_model_dir), progress=False).save(out)
-    return out
+def ngame_model_dir(tiny_ngame_dir):
+    """The session's shared tiny NGAME model directory (conftest)."""
+    return tiny_ngame_dir
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -182,19 +179,22 @@ def _same_ngame(a: NGAME, b: NGAME, ds) -> None:
     assert np.array_equal(pa.indices, pb.indices) and np.array_equal(pa.data, pb.data)
 
 
-def test_stage2_crashed_and_resumed_is_bit_identical(small_hpo, tiny_model_dir, tmp_path, monkeypatch):
+def test_stage2_crashed_and_resumed_is_bit_identical(small_hpo, tiny_model_dir, tiny_ngame_dir, tmp_path,
+                                                     monkeypatch):
+    """Stage 2 alone, from the shared model's stage 1 (the whole run, killed, is the slow CLI test below)."""
     from test_reliability import tiny_ngame_config
 
     import xmine.training.classifiers as classifier_training
 
     ds = load_dataset(small_hpo)
-    config = tiny_ngame_config(tiny_model_dir, ranker=RankerConfig(enabled=False))
+    config = tiny_ngame_config(tiny_model_dir, ranker=RankerConfig(enabled=False), stages=[2])
     config = config.replace(classifier=config.classifier.replace(epochs=3))
-    whole = NGAME.train(ds, config, out_dir=tmp_path / "a", progress=False)
+    train = {"init_from": tiny_ngame_dir, "progress": False}
+    whole = NGAME.train(ds, config, out_dir=tmp_path / "a", **train)
     crash = _crash_after(monkeypatch, classifier_training, epoch=0)
     with pytest.raises(crash):
-        NGAME.train(ds, config, out_dir=tmp_path / "b", progress=False)
-    resumed = NGAME.train(ds, config, out_dir=tmp_path / "b", resume=True, progress=False)
+        NGAME.train(ds, config, out_dir=tmp_path / "b", **train)
+    resumed = NGAME.train(ds, config, out_dir=tmp_path / "b", resume=True, **train)
     assert [e["epoch"] for e in resumed.history["stage2"]] == [0, 1, 2]
     _same_ngame(whole, resumed, ds)
 
