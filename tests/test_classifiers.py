@@ -69,6 +69,23 @@ def test_positive_candidates_cap_and_padding():
     assert list(out[1]) == [-1, -1] and list(out[2]) == [1, -1]
 
 
+def test_positive_candidates_equal_a_row_loop_with_the_same_random_draws():
+    """The vectorised rows and the sampled long rows draw from the generator as one loop over rows would."""
+    pos = sp.random(50, 40, density=0.15, format="csr", random_state=np.random.RandomState(3))
+    pos[7, :30] = 1.0  # rows with more positives than the cap
+    pos[20, 5:25] = 1.0
+    pos = sp.csr_matrix(pos)
+    cap = 8
+    plain = np.full((50, min(int(np.diff(pos.indptr).max()), cap)), -1)
+    plain_rng = np.random.default_rng(11)
+    for i in range(50):
+        row = pos.indices[pos.indptr[i]:pos.indptr[i + 1]]
+        if len(row) > cap:
+            row = plain_rng.choice(row, size=cap, replace=False)
+        plain[i, :len(row)] = row
+    assert np.array_equal(positive_candidates(pos, np.random.default_rng(11), cap=cap), plain)
+
+
 def test_triplet_shortlist_loss_uses_hardest_pairs_only():
     scores = torch.tensor([[0.9, 0.1, 0.5, 0.0, -1.0]])
     is_pos = torch.tensor([[True, True, False, False, False]])

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from xmine.cli import main
+from xmine.errors import XmineError
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -30,6 +31,41 @@ def test_train_predict_evaluate_knn(small_hpo, tmp_path, capsys):
     assert code == 0 and {"P@1", "P@3", "P@5", "nDCG@5", "PSP@5", "R@10"} <= set(metrics)
     assert "R@100" not in metrics  # only 20 predictions per point were asked for
     assert metrics["P@1"] > 20
+    # NGAME's prediction settings are refused by a kNN model, with a clear error and no predictions file
+    for flags, setting in ((["--scores", "encoder"], "scores"),
+                           (["--predict-set", "shortlist_size=5"], "shortlist_size")):
+        code, _, err = run(capsys, "-q", "predict", "--model", str(model), "--data", str(small_hpo), "--out",
+                           str(tmp_path / "other.npz"), *flags)
+        assert code == 1 and setting in err and "'knn' models" in err and not (tmp_path / "other.npz").exists()
+    echo = tmp_path / "texts.txt"
+    echo.write_text("Marfan syndrome\n")
+    code, _, err = run(capsys, "predict", "--model", str(model), "--input", str(echo), "--scores", "ranker")
+    assert code == 1 and "scores" in err
+
+
+def test_every_method_trains_and_predicts_through_one_signature():
+    """`XMCModel.train` / `predict` are the signature of every method (the CLI calls them without knowing the
+    method): the same parameter names with the same defaults."""
+    import inspect
+
+    from xmine.models.base import XMCModel, model_class
+
+    for name in ("train", "predict"):
+        common = inspect.signature(getattr(XMCModel, name)).parameters
+        for method in ("knn", "mips", "ngame"):
+            own = inspect.signature(getattr(model_class(method), name)).parameters
+            for param in common.values():
+                assert param.name in own, (method, name, param.name)
+                assert own[param.name].default == param.default, (method, name, param.name)
+    with pytest.raises(XmineError, match="unknown method 'nope'"):
+        model_class("nope")
+
+
+@pytest.mark.parametrize("method", ["knn", "mips"])
+def test_init_from_is_refused_by_methods_without_stages(method, small_hpo, tmp_path, capsys):
+    code, _, err = run(capsys, "-q", "train", "--method", method, "--data", str(small_hpo), "--out",
+                       str(tmp_path / "m"), "--init-from", str(tmp_path))
+    assert code == 1 and "init_from" in err and not (tmp_path / "m").exists()
 
 
 def test_data_stats_prints_the_counts(small_hpo, capsys):

@@ -5,9 +5,9 @@ import pytest
 import scipy.sparse as sp
 
 from xmine.config import FusionConfig
-from xmine.fusion import LEAKAGE_MARGIN, SELECTION_MARGIN, ScoreFusion, choose_mode, lookup_csr
+from xmine.fusion import LEAKAGE_MARGIN, SELECTION_MARGIN, ScoreFusion, choose_mode
 from xmine.metrics import evaluate
-from xmine.topk import csr_from_topk, csr_row_topk
+from xmine.topk import csr_from_topk, csr_row_topk, lookup_csr
 
 
 def _problem(seed: int = 0, n: int = 400, c: int = 30, n_labels: int = 500):
@@ -68,12 +68,6 @@ def test_tree_arrays_reproduce_sklearn_predictions():
     x, y = rng.normal(size=(500, 3)), rng.random(500) < 0.3
     tree = DecisionTreeClassifier(max_depth=5, random_state=0).fit(x, y)
     assert np.allclose(_tree_predict(_tree_arrays(tree), x), tree.predict_proba(x)[:, 1])
-
-
-def test_lookup_csr():
-    m = sp.csr_matrix(np.array([[0, 2.0, 0], [1.0, 0, 3.0]]))
-    cand = np.array([[1, 0, -1], [2, 0, 1]])
-    assert np.array_equal(lookup_csr(m, cand), [[2, 0, 0], [3, 1, 0]])
 
 
 def test_leakage_check_refits_on_unseen_points_when_the_encoder_memorised_the_others():

@@ -4,7 +4,18 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from xmine.topk import csr_row_topk, pair_dots, unique_ids
+from xmine.shortlist import recall_of_shortlist
+from xmine.topk import (
+    candidate_keys,
+    csr_entry_keys,
+    csr_row_topk,
+    csr_rows_to_ids,
+    lookup_csr,
+    pair_dots,
+    pair_keys,
+    union_candidates,
+    unique_ids,
+)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 30), (64, 200)])
@@ -60,3 +71,69 @@ def test_csr_row_topk_equals_the_plain_sort_with_ties_and_padding(k):
     assert got.has_sorted_indices
     assert np.array_equal(got.indptr, want.indptr) and np.array_equal(got.indices, want.indices)
     assert np.array_equal(got.data, want.data, equal_nan=True)
+
+
+def _random_csr(rng: np.random.Generator, n: int = 40, n_cols: int = 70, density: float = 0.08) -> sp.csr_matrix:
+    m = sp.random(n, n_cols, density=density, format="csr", random_state=np.random.RandomState(rng.integers(1 << 30)),
+                  dtype=np.float32)
+    m.data += 0.1  # no stored zeros
+    keep = np.ones(n, dtype=np.float32)
+    keep[3] = 0  # an empty row
+    out = sp.diags(keep) @ m
+    out.eliminate_zeros()
+    return sp.csr_matrix(out)
+
+
+def _candidates(rng: np.random.Generator, n: int = 40, n_cols: int = 70, width: int = 9) -> np.ndarray:
+    cand = rng.integers(0, n_cols, size=(n, width))
+    cand[rng.random(cand.shape) < 0.3] = -1
+    return cand
+
+
+def test_pair_keys_match_pairs_as_a_plain_set_does():
+    rng = np.random.default_rng(1)
+    m, cand = _random_csr(rng), _candidates(rng)
+    entries = {(i, j) for i in range(m.shape[0]) for j in m[i].indices}
+    slots = [(i, c) for i, row in enumerate(cand) for c in row]
+    in_matrix = np.isin(candidate_keys(cand, m.shape[1]), csr_entry_keys(m))
+    assert in_matrix.tolist() == [(i, max(c, 0)) in entries for i, c in slots]
+    assert np.array_equal(csr_entry_keys(m), [i * m.shape[1] + j for i in range(m.shape[0]) for j in m[i].indices])
+    big = pair_keys(np.array([3], dtype=np.int32), np.array([5], dtype=np.int32), 2**31)
+    assert big.dtype == np.int64 and big[0] == 3 * 2**31 + 5  # no int32 overflow
+
+
+def test_lookup_csr():
+    m = sp.csr_matrix(np.array([[0, 2.0, 0], [1.0, 0, 3.0]]))
+    cand = np.array([[1, 0, -1], [2, 0, 1]])
+    assert np.array_equal(lookup_csr(m, cand), [[2, 0, 0], [3, 1, 0]])
+    rng = np.random.default_rng(2)
+    m, cand = _random_csr(rng), _candidates(rng)
+    dense = m.toarray()
+    plain = np.where(cand >= 0, dense[np.arange(m.shape[0])[:, None], np.maximum(cand, 0)], 0)
+    assert np.array_equal(lookup_csr(m, cand), plain)
+
+
+@pytest.mark.parametrize("width", [None, 0, 2, 5])
+def test_csr_rows_to_ids_equal_a_row_loop(width):
+    m = _random_csr(np.random.default_rng(3))
+    ids = csr_rows_to_ids(m, width)
+    w = max(int(np.diff(m.indptr).max()) if width is None else width, 1)  # at least one column
+    assert ids.shape == (m.shape[0], w)
+    for i in range(m.shape[0]):
+        first = m[i].indices[:w]
+        assert ids[i, :len(first)].tolist() == first.tolist() and (ids[i, len(first):] == -1).all()
+
+
+def test_union_candidates_and_shortlist_recall_equal_plain_sets():
+    rng = np.random.default_rng(5)
+    a, b = _candidates(rng, width=6), _candidates(rng, width=4)
+    union = union_candidates(a, b)
+    for i in range(a.shape[0]):
+        want = (set(a[i]) | set(b[i])) - {-1}
+        got = union[i][union[i] >= 0]
+        assert len(got) == len(want) and set(got) == want and (np.diff(np.flatnonzero(union[i] < 0)) >= 0).all()
+        assert (union[i, :len(want)] >= 0).all()  # valid ids first
+    labels = _random_csr(rng)
+    per_point = [len(set(labels[i].indices) & set(union[i])) / labels[i].nnz for i in range(labels.shape[0])
+                 if labels[i].nnz]
+    assert recall_of_shortlist(union, labels) == pytest.approx(100 * np.mean(per_point))

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ FLAG_PATHS: dict[str, dict[str, list[str]]] = {
     "warmup_epochs": {"mips": ["mips.warmup_epochs"]},
     "neighbours": {"knn": ["neighbours"]},
     "lead_channel": {"ngame": ["tfidf.lead_channel"], "mips": ["tfidf.lead_channel"], "knn": ["tfidf.lead_channel"]},
+    "stages": {"ngame": ["stages"]},
 }
 
 
@@ -78,18 +80,14 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str], option: str) ->
         _set_path(data, key.strip(), value)
 
 
-def build_predict_config(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    """`xmine predict`'s options for the model's predict: NGAME's PredictConfig from --scores and --predict-set."""
+def build_predict_config(args: argparse.Namespace) -> Any:
+    """`xmine predict`'s prediction-time settings (PredictConfig) from --scores and --predict-set; a model refuses
+    those it does not have (`XMCModel.check_predict_config`)."""
     from xmine.config import PredictConfig
-    from xmine.models import NGAME
 
-    if not isinstance(model, NGAME):
-        if args.scores != "fused" or args.predict_set:
-            raise XmineError("--scores and --predict-set apply to NGAME models")
-        return {}
     data: dict[str, Any] = {"scores": args.scores}
     _apply_overrides(data, args.predict_set, "--predict-set")
-    return {"config": PredictConfig.from_dict(data, where="--predict-set")}
+    return PredictConfig.from_dict(data, where="--predict-set")
 
 
 def build_config(method: str, config_file: str | None, overrides: list[str], flags: dict[str, Any]) -> Any:
@@ -108,7 +106,9 @@ def build_config(method: str, config_file: str | None, overrides: list[str], fla
             continue
         paths = FLAG_PATHS.get(flag, {}).get(method)
         if paths is None:
-            raise XmineError(f"--{flag.replace('_', '-')} does not apply to --method {method}")
+            methods = ", ".join(FLAG_PATHS.get(flag, {}))
+            raise XmineError(f"--{flag.replace('_', '-')} does not apply to --method {method} (it applies to "
+                             f"--method {methods})")
         for path in paths:
             _set_path(data, path, value)
     return cls.from_dict(data, where=f"{method} config")
@@ -164,15 +164,11 @@ def cmd_data_demo(args: argparse.Namespace) -> int:
 
 def train_model(method: str, dataset: Any, config: Any, out: str | Path, resume: bool = False,
                 init_from: str | None = None, progress: bool = True, keep_checkpoints: bool = False) -> Any:
-    from xmine.models import NGAME, MIPSClassifier, TfidfKNN
+    """Any method, through the one training signature (`XMCModel.train`)."""
+    from xmine.models import model_class
 
-    if method == "knn":
-        return TfidfKNN.train(dataset, config)
-    if method == "ngame":
-        return NGAME.train(dataset, config, out_dir=out, resume=resume, init_from=init_from, progress=progress,
-                           keep_checkpoints=keep_checkpoints)
-    return MIPSClassifier.train(dataset, config, out_dir=out, resume=resume, progress=progress,
-                                keep_checkpoints=keep_checkpoints)
+    return model_class(method).train(dataset, config, out_dir=out, resume=resume, init_from=init_from,
+                                     progress=progress, keep_checkpoints=keep_checkpoints)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -180,14 +176,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from xmine import distributed
     from xmine.data import load_dataset
+    from xmine.models import model_class
     from xmine.models.base import check_model_dir_target
 
     flags = {k: getattr(args, k) for k in FLAG_PATHS}
-    config = build_config(args.method, args.config, args.set or [], flags)
     if args.stages is not None:
-        if args.method != "ngame":
-            raise XmineError("--stages applies to --method ngame")
-        config = config.replace(stages=[int(s) for s in args.stages.split(",")])
+        try:
+            flags["stages"] = [int(s) for s in args.stages.split(",")]
+        except ValueError:
+            raise XmineError(f"--stages expects 1, 2 or 1,2, got {args.stages!r}") from None
+    config = build_config(args.method, args.config, args.set or [], flags)
     if args.print_default_config:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
@@ -195,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise XmineError("xmine train needs --data DIR and --out MODEL_DIR")
     check_model_dir_target(args.out)  # before training: a bad --out must not cost a training run
     if distributed.init_from_env():
-        if args.method not in ("ngame", "mips"):
+        if not model_class(args.method).data_parallel:
             raise XmineError(f"--method {args.method} has no training loop to run data-parallel; "
                              "run it without torchrun")
         if distributed.local_device() is None and not os.environ.get("OMP_NUM_THREADS"):
@@ -278,7 +276,8 @@ def predict_texts(args: argparse.Namespace) -> int:
     if args.split != "test" or args.text_variant:
         raise XmineError("--split and --text-variant apply to --data, not --input")
     model = load_model(args.model)
-    options = build_predict_config(args, model)
+    config = build_predict_config(args)
+    model.check_predict_config(config)  # before any output
     args.format = args.format or "jsonl"
     texts = read_input_texts(args.input)
     chunk = 1024  # bounded memory per model call; output streams out chunk by chunk
@@ -289,7 +288,7 @@ def predict_texts(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(texts), desc="predict", unit="text", disable=args.quiet or args.out is None)
         for start in range(0, len(texts), chunk):
             part = texts[start:start + chunk]
-            out.write(format_predictions(part, model.predict_labels(part, k=args.k, **options), args.format,
+            out.write(format_predictions(part, model.predict_labels(part, k=args.k, config=config), args.format,
                                          start + 1))
             bar.update(len(part))
         bar.close()
@@ -310,7 +309,7 @@ def predict_texts(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from xmine.data import load_dataset
-    from xmine.models import NGAME, load_model
+    from xmine.models import load_model
 
     if (args.data is None) == (args.input is None):
         raise XmineError("xmine predict needs either --data DIR (a dataset split -> .npz) or --input FILE|- "
@@ -336,11 +335,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if dataset.n_labels != model.n_labels:
         raise XmineError(f"the model has {model.n_labels} labels, the dataset {dataset.n_labels}")
     start = time.perf_counter()
-    options = build_predict_config(args, model)
-    if isinstance(model, NGAME):
-        pred = model.predict(split, k=args.k, progress=not args.quiet, **options)
-    else:
-        pred = model.predict(split, k=args.k)
+    pred = model.predict(split, k=args.k, config=build_predict_config(args), progress=not args.quiet)
     seconds = time.perf_counter() - start
     save_predictions(args.out, pred)
     print(f"predicted top-{args.k} for {pred.shape[0]} points in {seconds:.1f}s "
@@ -415,6 +410,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from xmine.data import load_dataset
     from xmine.demo import demo_dataset_path
     from xmine.metrics import format_metrics
+    from xmine.models import model_class
 
     data_dir = demo_dataset_path()
     out = Path(args.out)
@@ -424,11 +420,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"({dataset.train.n_points} train / {dataset.test.n_points} test points, {dataset.n_labels} labels)")
     print(f"  data:  {data_dir}  (unpacked from the package once; set XMINE_CACHE to unpack it elsewhere)")
     print(f"  model: {out}")
-    if args.method == "ngame":
-        print("  stage 1 trains a text encoder that embeds diseases near their phenotypes; stage 2 shortlists "
-              "candidate labels,\n"
-              "  trains per-label classifiers and a sparse ranker on them, and fits a fusion of "
-              "their scores.", flush=True)
+    print(textwrap.fill(model_class(args.method).summary, width=110, initial_indent="  ", subsequent_indent="  "),
+          flush=True)
     # the demo narrates: stage lines at INFO, printed between the progress bars
     logging.getLogger("xmine").setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:

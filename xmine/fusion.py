@@ -37,7 +37,7 @@ from xmine.config import FusionConfig
 from xmine.errors import XmineError
 from xmine.metrics import evaluate
 from xmine.safeio import check_array, check_index_range, json_field, load_json, load_npy, model_error, params_from
-from xmine.topk import csr_from_topk, csr_row_topk
+from xmine.topk import csr_from_topk, csr_row_topk, lookup_csr
 from xmine.utils import atomic_save_npy, atomic_write_text
 
 SOURCES = ("classifier", "encoder", "knn", "ranker")
@@ -52,21 +52,6 @@ LEAKAGE_MARGIN = 1.0
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
-
-
-def lookup_csr(matrix: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
-    """Values of `matrix[i, candidates[i, j]]` (0 where absent or candidate < 0), vectorised."""
-    n, c = candidates.shape
-    n_cols = matrix.shape[1]
-    rows = np.repeat(np.arange(n), np.diff(matrix.indptr))
-    keys = rows.astype(np.int64) * n_cols + matrix.indices
-    order = np.argsort(keys)
-    keys, values = keys[order], matrix.data[order]
-    query = np.repeat(np.arange(n), c).astype(np.int64) * n_cols + np.maximum(candidates.ravel(), 0)
-    pos = np.clip(np.searchsorted(keys, query), 0, max(len(keys) - 1, 0))
-    found = (keys[pos] == query) & (candidates.ravel() >= 0) if len(keys) else np.zeros(query.shape, bool)
-    out = np.where(found, values[pos] if len(keys) else 0.0, 0.0)
-    return out.reshape(n, c).astype(np.float32)
 
 
 def _tree_arrays(tree: DecisionTreeClassifier) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from scipy.sparse import csr_matrix
 
 from .errors import XmineError
+from .topk import csr_row_ids, pair_keys
 
 __all__ = [
     "PROPENSITY_PRESETS",
@@ -119,10 +120,8 @@ def filter_predictions(pred: csr_matrix, filter_pairs: np.ndarray | None) -> csr
             f"({int(bad.sum())} of {len(pairs)} pairs out of range)"
         )
     # One int64 key per (row, label) lets a single vectorised membership test do the matching.
-    counts = np.diff(p.indptr)
-    rows = np.repeat(np.arange(n, dtype=np.int64), counts)
-    entry_keys = rows * n_labels + p.indices
-    drop = np.isin(entry_keys, pairs[:, 0] * n_labels + pairs[:, 1])
+    rows = csr_row_ids(p)
+    drop = np.isin(pair_keys(rows, p.indices, n_labels), pair_keys(pairs[:, 0], pairs[:, 1], n_labels))
     keep = ~drop
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows[keep], minlength=n), out=indptr[1:])

@@ -1,4 +1,7 @@
-"""Conversions between (n, k) top-k arrays and the CSR score matrix every predictor returns."""
+"""Small sparse and candidate helpers, in one place: conversions between (n, k) top-k arrays and the CSR score
+matrix every predictor returns, -1-padded (n, C) candidate arrays (from CSR rows, merged, looked up in a CSR
+matrix), and the int64 key `row * n_cols + col` that matches (row, column) pairs with one vectorised
+membership test or search."""
 
 from __future__ import annotations
 
@@ -18,6 +21,78 @@ def csr_from_topk(scores: np.ndarray, ids: np.ndarray, n_labels: int) -> sp.csr_
     out = sp.csr_matrix((scores[valid], ids[valid], indptr), shape=(ids.shape[0], n_labels))
     out.sum_duplicates()  # also sorts indices
     return out
+
+
+def pair_keys(rows: np.ndarray, cols: np.ndarray, n_cols: int) -> np.ndarray:
+    """One int64 key per (row, column) pair, `row * n_cols + col`: pairs compare as plain integers."""
+    return np.asarray(rows).astype(np.int64, copy=False) * n_cols + np.asarray(cols).astype(np.int64, copy=False)
+
+
+def csr_row_ids(matrix: sp.csr_matrix) -> np.ndarray:
+    """The row of each stored entry of a CSR matrix (int64, in storage order)."""
+    return np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+
+
+def csr_entry_keys(matrix: sp.csr_matrix) -> np.ndarray:
+    """`pair_keys` of every stored entry of a CSR matrix, in storage order."""
+    return pair_keys(csr_row_ids(matrix), matrix.indices, matrix.shape[1])
+
+
+def is_in(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """`np.isin(values, pool)` for integer arrays, by sorting `pool` and a binary search per value: numpy's isin
+    took seconds on the (row * n_labels + label) keys of a training shortlist, this a fraction of one."""
+    values = np.asarray(values)
+    pool = np.sort(np.asarray(pool).ravel())
+    if not len(pool):
+        return np.zeros(values.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(pool, values), len(pool) - 1)
+    return pool[pos] == values
+
+
+def candidate_keys(candidates: np.ndarray, n_cols: int) -> np.ndarray:
+    """`pair_keys` of every slot of an (n, C) candidate array, row-major; a -1 slot gets its row's column-0 key
+    (callers mask those slots with `candidates.ravel() >= 0`)."""
+    n, c = candidates.shape
+    return pair_keys(np.repeat(np.arange(n), c), np.maximum(candidates.ravel(), 0), n_cols)
+
+
+def csr_rows_to_ids(matrix: sp.csr_matrix, width: int | None = None) -> np.ndarray:
+    """Stored column ids of each row as an (n, width) array, -1 padded (at least one column)."""
+    width = int(np.diff(matrix.indptr).max(initial=0)) if width is None else width
+    out = np.full((matrix.shape[0], max(width, 1)), -1, dtype=np.int64)
+    lengths = np.diff(matrix.indptr)
+    rows = np.repeat(np.arange(matrix.shape[0]), lengths)
+    cols = np.arange(matrix.nnz) - np.repeat(matrix.indptr[:-1], lengths)  # each entry's place in its row
+    fits = cols < out.shape[1]
+    out[rows[fits], cols[fits]] = matrix.indices[fits]
+    return out
+
+
+def union_candidates(*parts: np.ndarray) -> np.ndarray:
+    """Row-wise union of (n, k_i) id arrays (-1 = none): (n, sum k_i), duplicates replaced by -1,
+    valid ids first."""
+    stacked = np.concatenate([p.astype(np.int64) for p in parts if p is not None and p.size], axis=1)
+    ordered = np.sort(stacked, axis=1)
+    dup = np.zeros_like(ordered, dtype=bool)
+    dup[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    ordered[dup] = -1
+    keep_first = np.argsort(ordered < 0, axis=1, kind="stable")
+    out = np.take_along_axis(ordered, keep_first, axis=1)
+    width = int((out >= 0).sum(1).max(initial=0))
+    return out[:, :max(width, 1)]
+
+
+def lookup_csr(matrix: sp.csr_matrix, candidates: np.ndarray) -> np.ndarray:
+    """Values of `matrix[i, candidates[i, j]]` (0 where absent or candidate < 0), vectorised."""
+    n, c = candidates.shape
+    keys = csr_entry_keys(matrix)
+    order = np.argsort(keys)
+    keys, values = keys[order], matrix.data[order]
+    query = candidate_keys(candidates, matrix.shape[1])
+    pos = np.clip(np.searchsorted(keys, query), 0, max(len(keys) - 1, 0))
+    found = (keys[pos] == query) & (candidates.ravel() >= 0) if len(keys) else np.zeros(query.shape, bool)
+    out = np.where(found, values[pos] if len(keys) else 0.0, 0.0)
+    return out.reshape(n, c).astype(np.float32)
 
 
 def csr_row_topk(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from xmine.data.text import atomic_write_bytes, read_bytes
 from xmine.errors import DataFormatError, InvalidArgumentError
+from xmine.topk import pair_keys
 
 __all__ = [
     "read_sparse_matrix",
@@ -266,8 +267,7 @@ def _entries_ok(counts: np.ndarray, idx: np.ndarray, vals: np.ndarray, n_cols: i
         return True, True
     if idx.max() >= n_cols or not np.isfinite(vals).all():
         return False, False
-    rows = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
-    key = rows * n_cols + idx.astype(np.int64)
+    key = pair_keys(np.repeat(np.arange(counts.size, dtype=np.int64), counts), idx, n_cols)
     if np.all(key[1:] > key[:-1]):
         return True, True
     return not bool(np.any(np.diff(np.sort(key)) == 0)), False

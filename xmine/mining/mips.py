@@ -15,22 +15,15 @@ import scipy.sparse as sp
 from xmine.config import IndexConfig
 from xmine.errors import XmineError
 from xmine.index import LabelIndex
-from xmine.shortlist import is_in
-
-
-def row_sets_to_keys(rows: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
-    return rows.astype(np.int64) * n_labels + labels.astype(np.int64)
+from xmine.topk import candidate_keys, csr_entry_keys, is_in
 
 
 def remove_positives_and_duplicates(candidates: np.ndarray, positives: sp.csr_matrix) -> np.ndarray:
     """Set to -1 every candidate that is a positive of its row or repeats an earlier candidate."""
-    b, c = candidates.shape
     n_labels = positives.shape[1]
     out = candidates.copy()
-    rows = np.repeat(np.arange(b), c)
-    keys = row_sets_to_keys(rows, np.maximum(out.ravel(), 0), n_labels)
-    pos_rows = np.repeat(np.arange(b), np.diff(positives.indptr))
-    pos_keys = row_sets_to_keys(pos_rows, positives.indices, n_labels)
+    keys = candidate_keys(out, n_labels)
+    pos_keys = csr_entry_keys(positives)
     bad = is_in(keys, pos_keys) | (out.ravel() < 0)
     # duplicates: keep the first occurrence of each key
     _, first = np.unique(keys, return_index=True)

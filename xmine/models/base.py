@@ -21,13 +21,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
+from xmine.config import PredictConfig
 from xmine.errors import ModelError, XmineError
 from xmine.safeio import json_field, load_json, model_error
 from xmine.utils import _fsync_dir, atomic_write_text
@@ -85,10 +86,20 @@ class Inputs:
 
 
 class XMCModel:
-    """Base class of xmine's models. Subclasses list their parts in `_components` and read them back in
-    `_load_components`; `save` and `load` here make the directory atomic and verified for all of them."""
+    """Base class of xmine's models: every method trains and predicts through the same two calls, so that the
+    CLI, the server and the benchmarks never branch on a model's type.
+
+      Method.train(dataset, config, out_dir=, resume=, init_from=, progress=, keep_checkpoints=) -> model
+      model.predict(inputs, k, config=PredictConfig, progress=) -> (n, L) CSR scores, at most k per row
+
+    A method refuses (XmineError) what it cannot do rather than ignoring it: `init_from` outside NGAME, a
+    prediction setting outside its `predict_settings`. Subclasses list their parts in `_components` and read
+    them back in `_load_components`; `save` and `load` here make the directory atomic and verified for all."""
 
     method: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # what training does, in a sentence or two (`xmine demo` says it)
+    data_parallel: ClassVar[bool] = False  # whether `train` runs data-parallel under torchrun
+    predict_settings: ClassVar[frozenset[str]] = frozenset()  # the PredictConfig fields its `predict` honours
     n_labels: int
     label_texts: list[str] | None = None  # label i's text (name), stored in the model directory
     config: Any
@@ -98,8 +109,41 @@ class XMCModel:
         if cls.method:
             _REGISTRY[cls.method] = cls
 
-    def predict(self, inputs: Any, k: int = 100) -> sp.csr_matrix:  # pragma: no cover - interface
+    @classmethod
+    def train(cls, dataset: Any, config: Any = None, out_dir: str | Path | None = None, resume: bool = False,
+              init_from: str | Path | None = None, progress: bool = True, keep_checkpoints: bool = False
+              ) -> XMCModel:  # pragma: no cover - interface
+        """Train on `dataset.train` with `config` (the method's config dataclass; None: its defaults). With
+        `out_dir`, training checkpoints go to out_dir/checkpoints, `resume` continues from them, and they are
+        deleted once training has finished unless `keep_checkpoints`. `init_from`: a saved model directory to
+        start from (NGAME stage 2). The model is returned, not saved: `model.save(out_dir)`."""
         raise NotImplementedError
+
+    def predict(self, inputs: Any, k: int = 100, config: PredictConfig | None = None, progress: bool = False
+                ) -> sp.csr_matrix:  # pragma: no cover - interface
+        """Top-k labels of each input (texts, a sparse feature matrix or a data Split) as an (n, n_labels) CSR
+        score matrix; `config`: prediction-time settings (see `predict_settings`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_train_options(cls, init_from: str | Path | None = None) -> None:
+        """Refuse the training options this method has no use for."""
+        if init_from is not None:
+            raise XmineError(f"init_from (--init-from) applies to NGAME's stage 2; a {cls.method!r} model trains "
+                             "from scratch")
+
+    def check_predict_config(self, config: PredictConfig | None) -> None:
+        """Refuse prediction settings that this method does not have, naming them (a silently ignored setting
+        would give other predictions than asked for)."""
+        if config is None:
+            return
+        default = PredictConfig()
+        foreign = sorted(f.name for f in fields(config)
+                         if f.name not in self.predict_settings and getattr(config, f.name) != getattr(default, f.name))
+        if foreign:
+            own = ", ".join(sorted(self.predict_settings)) or "none"
+            raise XmineError(f"prediction setting(s) {', '.join(foreign)} do not apply to {self.method!r} models "
+                             f"(theirs: {own}); --scores and --predict-set are NGAME's")
 
     # ------------------------------------------------------------------ storage
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
@@ -445,6 +489,16 @@ def read_model_config(directory: str | Path, component: str = "model") -> dict[s
     if json_field(meta, "n_labels", component, path, int) < 1:
         raise ModelError(f"{component}: {path}: n_labels must be positive, got {meta['n_labels']}")
     return meta
+
+
+def model_class(method: str) -> type[XMCModel]:
+    """The model class that trains `method` ("ngame", "mips", "knn")."""
+    # importing the package registers every model class
+    import xmine.models  # noqa: F401
+
+    if method not in _REGISTRY:
+        raise XmineError(f"unknown method {method!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[method]
 
 
 def load_model(directory: str | Path, **options: Any) -> XMCModel:

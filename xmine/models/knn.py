@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from xmine.config import KNNConfig
+from xmine.config import KNNConfig, PredictConfig
 from xmine.errors import XmineError
 from xmine.features import TfidfFeaturizer
 from xmine.models.base import Inputs, XMCModel
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 class TfidfKNN(XMCModel):
     method = "knn"
+    summary = ("TF-IDF features of the training texts; a text's labels are voted for by its most similar training "
+               "texts (no training loop: nothing to checkpoint or resume).")
 
     def __init__(self, config: KNNConfig, featurizer: TfidfFeaturizer, train_features: sp.csr_matrix,
                  train_labels: sp.csr_matrix) -> None:
@@ -46,7 +48,12 @@ class TfidfKNN(XMCModel):
         return self.train_features.T.tocsr()
 
     @classmethod
-    def train(cls, dataset: Any, config: KNNConfig | None = None) -> TfidfKNN:
+    def train(cls, dataset: Any, config: KNNConfig | None = None, out_dir: str | Path | None = None,
+              resume: bool = False, init_from: str | Path | None = None, progress: bool = True,
+              keep_checkpoints: bool = False) -> TfidfKNN:
+        """Fit the TF-IDF featurizer and keep the training points' features and labels. The options of the
+        common signature (`XMCModel.train`) are accepted; there are no checkpoints to write or resume from."""
+        cls.check_train_options(init_from)
         config = config or KNNConfig()
         start = time.perf_counter()
         split = dataset.train
@@ -72,7 +79,9 @@ class TfidfKNN(XMCModel):
             sims[start:start + batch_size], ids[start:start + batch_size] = dense_topk(block, k)
         return sims, ids
 
-    def predict(self, inputs: Any, k: int = 100, batch_size: int = 1024, progress: bool = False) -> sp.csr_matrix:
+    def predict(self, inputs: Any, k: int = 100, config: PredictConfig | None = None, progress: bool = False,
+                batch_size: int = 1024) -> sp.csr_matrix:
+        self.check_predict_config(config)
         inputs = Inputs.of(inputs)
         return self.predict_features(self.featurizer.transform(inputs.texts, inputs.features), k, batch_size,
                                      progress=progress)

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from xmine.classifiers import LabelClassifiers
-from xmine.config import KNNConfig, MIPSMethodConfig
+from xmine.config import KNNConfig, MIPSMethodConfig, PredictConfig
 from xmine.encoders import Encoder, build_encoder, load_encoder
 from xmine.errors import ModelError, XmineError
 from xmine.index import LabelIndex
@@ -33,8 +33,7 @@ from xmine.mining.mips import MIPSNegativeSampler
 from xmine.models.base import Inputs, XMCModel
 from xmine.models.knn import TfidfKNN
 from xmine.safeio import load_json, params_from
-from xmine.shortlist import csr_rows_to_ids, union_candidates
-from xmine.topk import csr_from_topk, csr_row_topk, stack_rows
+from xmine.topk import csr_from_topk, csr_row_topk, csr_rows_to_ids, stack_rows, union_candidates
 from xmine.training.checkpoint import config_fingerprint, remove_checkpoints
 from xmine.training.classifiers import train_classifiers
 from xmine.utils import atomic_write_text, seed_everything, set_threads
@@ -44,6 +43,9 @@ log = logging.getLogger(__name__)
 
 class MIPSClassifier(XMCModel):
     method = "mips"
+    summary = ("Per-label classifiers trained on each point's positives plus hard negatives: the labels that "
+               "score highest for it, searched by maximum inner product in an index of the classifier vectors.")
+    data_parallel = True
 
     def __init__(self, config: MIPSMethodConfig, encoder: Encoder, classifiers: LabelClassifiers,
                  index: LabelIndex | None, knn: TfidfKNN | None, history: dict[str, Any] | None = None) -> None:
@@ -53,7 +55,9 @@ class MIPSClassifier(XMCModel):
 
     @classmethod
     def train(cls, dataset: Any, config: MIPSMethodConfig | None = None, out_dir: str | Path | None = None,
-              resume: bool = False, progress: bool = True, keep_checkpoints: bool = False) -> MIPSClassifier:
+              resume: bool = False, init_from: str | Path | None = None, progress: bool = True,
+              keep_checkpoints: bool = False) -> MIPSClassifier:
+        cls.check_train_options(init_from)
         config = config or MIPSMethodConfig()
         set_threads(config.encoder.num_threads)
         seed_everything(config.classifier.seed)
@@ -124,9 +128,11 @@ class MIPSClassifier(XMCModel):
         return model
 
     @torch.no_grad()
-    def predict(self, inputs: Any, k: int = 100, batch_size: int = 512, progress: bool = False) -> sp.csr_matrix:
+    def predict(self, inputs: Any, k: int = 100, config: PredictConfig | None = None, progress: bool = False,
+                batch_size: int = 512) -> sp.csr_matrix:
         """Candidates from the MIPS index over the classifier vectors (plus TF-IDF neighbours' labels
         when the classifiers use sparse features), scored exactly by the classifiers."""
+        self.check_predict_config(config)
         inputs = Inputs.of(inputs)
         if inputs.texts is None:
             raise XmineError("the MIPS model predicts from texts; the input has none")

@@ -14,6 +14,7 @@ Model directory layout:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -32,7 +33,7 @@ from xmine.classifiers import LabelClassifiers
 from xmine.config import ClassifierConfig, KNNConfig, NGAMEConfig, PredictConfig
 from xmine.encoders import Encoder, build_encoder, load_encoder
 from xmine.errors import ModelError, XmineError
-from xmine.fusion import ScoreFusion, lookup_csr
+from xmine.fusion import ScoreFusion
 from xmine.index import LabelIndex
 from xmine.labels import (
     fuse,
@@ -49,8 +50,16 @@ from xmine.models.base import Inputs, XMCModel, read_model_config
 from xmine.models.knn import TfidfKNN
 from xmine.ranker import SparseRanker
 from xmine.safeio import json_field, load_json, load_npy, params_from
-from xmine.shortlist import csr_rows_to_ids, recall_of_shortlist, union_candidates
-from xmine.topk import csr_from_topk, csr_row_topk, pair_dots, stack_rows
+from xmine.shortlist import recall_of_shortlist
+from xmine.topk import (
+    csr_from_topk,
+    csr_row_topk,
+    csr_rows_to_ids,
+    lookup_csr,
+    pair_dots,
+    stack_rows,
+    union_candidates,
+)
 from xmine.training.checkpoint import config_fingerprint, remove_checkpoints
 from xmine.training.classifiers import train_classifiers
 from xmine.training.siamese import sample_one_positive, train_siamese
@@ -237,6 +246,11 @@ class ClassifierNegatives:
 @labels_api
 class NGAME(XMCModel):
     method = "ngame"
+    summary = ("Stage 1 trains a text encoder that embeds texts near their labels' texts; stage 2 shortlists "
+               "candidate labels, trains per-label classifiers and a sparse ranker on them, and fits a fusion of "
+               "their scores.")
+    data_parallel = True
+    predict_settings = frozenset(f.name for f in dataclasses.fields(PredictConfig))
 
     def __init__(self, config: NGAMEConfig, encoder: Encoder, label_embeddings: np.ndarray, label_index: LabelIndex,
                  knn: TfidfKNN | None = None, classifiers: LabelClassifiers | None = None,

@@ -25,6 +25,7 @@ from xmine.classifiers import LabelClassifiers
 from xmine.config import ClassifierConfig
 from xmine.encoders.base import Encoder, Prepared
 from xmine.mining.mips import remove_positives_and_duplicates
+from xmine.topk import csr_rows_to_ids
 from xmine.training.checkpoint import (
     data_fingerprint,
     generator_states,
@@ -64,12 +65,9 @@ def positive_candidates(positives: sp.csr_matrix, rng: np.random.Generator,
     """(B, P) positive label ids per row, -1 padded, at most `cap` (sampled) per row."""
     lengths = np.diff(positives.indptr)
     width = int(min(max(lengths.max(initial=0), 1), cap))
-    out = np.full((positives.shape[0], width), -1, dtype=np.int64)
-    for i in np.flatnonzero(lengths > 0):
-        row = positives.indices[positives.indptr[i]:positives.indptr[i + 1]]
-        if len(row) > cap:
-            row = rng.choice(row, size=cap, replace=False)
-        out[i, :len(row)] = row
+    out = csr_rows_to_ids(positives, width)
+    for i in np.flatnonzero(lengths > cap):  # rows beyond the cap (rare): a sample of their positives instead
+        out[i] = rng.choice(positives.indices[positives.indptr[i]:positives.indptr[i + 1]], size=cap, replace=False)
     return out
 
 
