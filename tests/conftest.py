@@ -96,18 +96,18 @@ def without_labels(ds, hidden: np.ndarray):
                    [ds.label_texts[i] for i in kept], ds.text_variant, ds.layout)
 
 
-def shared_ngame_config(tiny_model_dir: Path, **changes):
-    """The shared tiny NGAME's configuration: the tiny bag-of-words encoder, 3 stage-1 epochs, 1 classifier
-    epoch; enough for an encoder that embeds a label text next to the texts that name it."""
+def shared_ngame_config(tiny_model_dir: Path, epochs: int = 8, **siamese):
+    """The shared tiny NGAME's configuration: the tiny bag-of-words encoder, 8 stage-1 epochs with clustered
+    batches from epoch 2, 2 classifier epochs: enough for an encoder that clearly beats the untrained one and embeds
+    a label text next to the texts that name it."""
     from xmine.config import ClassifierConfig, ClusterScheduleConfig, EncoderConfig, NGAMEConfig, SiameseConfig
 
-    schedule = ClusterScheduleConfig(unit="epoch", start=1, refresh_every=1, milestones=[1], sizes=[8])
-    config = NGAMEConfig(encoder=EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=32,
-                                               num_threads=2),
-                         siamese=SiameseConfig(epochs=3, batch_size=256, lr=3e-3, lr_embeddings=1e-2,
-                                               temperature=0.1, schedule=schedule),
-                         classifier=ClassifierConfig(epochs=1, shortlist_size=30, hash_buckets=1 << 16))
-    return config.replace(**changes)
+    schedule = ClusterScheduleConfig(unit="epoch", start=2, refresh_every=1, milestones=[2, 4], sizes=[8, 16])
+    return NGAMEConfig(encoder=EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=32,
+                                             num_threads=2),
+                       siamese=SiameseConfig(epochs=epochs, batch_size=256, lr=3e-3, lr_embeddings=1e-2,
+                                             temperature=0.1, schedule=schedule, **siamese),
+                       classifier=ClassifierConfig(epochs=2, shortlist_size=50, hash_buckets=1 << 18))
 
 
 @pytest.fixture(scope="session")
@@ -119,15 +119,38 @@ def hidden_labels(small_hpo: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def tiny_ngame_dir(small_hpo: Path, hidden_labels: np.ndarray, tiny_model_dir: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny NGAME, both stages, trained once per test session on small_hpo without `hidden_labels` and saved:
-    for every test that needs *a* trained NGAME model directory (loading, damage, serving, adding labels, a
-    stage-1 model to start stage 2 from). Tests must not change it: copy it, or load it and change the copy."""
+def small_hpo_seen(small_hpo: Path, hidden_labels: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """small_hpo without `hidden_labels` (their columns and texts), as a dataset folder: what the shared tiny NGAME
+    is trained and evaluated on."""
+    from xmine.data import load_dataset, write_sparse_matrix, write_text_lines
+
+    ds = without_labels(load_dataset(small_hpo), hidden_labels)
+    out = tmp_path_factory.mktemp("small-hpo-seen")
+    write_text_lines(out / "trn_X.txt", ds.train.texts)
+    write_text_lines(out / "tst_X.txt", ds.test.texts)
+    write_text_lines(out / "Y.txt", ds.label_texts)
+    write_sparse_matrix(out / "trn_X_Y.txt", ds.train.labels)
+    write_sparse_matrix(out / "tst_X_Y.txt", ds.test.labels)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ngame(small_hpo_seen: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One tiny NGAME, both stages, trained once per test session on `small_hpo_seen` (checkpoints in its directory
+    while it trains) and saved there: (model, directory). For every test that needs *a* trained NGAME (quality,
+    prediction settings, loading, damage, serving, adding labels, a stage-1 model to start stage 2 from). Tests
+    must not change either: load the directory, or copy it, and change that."""
     from xmine.data import load_dataset
     from xmine.models import NGAME
 
     out = tmp_path_factory.mktemp("tiny-ngame") / "model"
-    ds = without_labels(load_dataset(small_hpo), hidden_labels)
-    NGAME.train(ds, shared_ngame_config(tiny_model_dir), progress=False).save(out)
-    return out
+    model = NGAME.train(load_dataset(small_hpo_seen), shared_ngame_config(tiny_model_dir), out_dir=out,
+                        progress=False)
+    model.save(out)
+    return model, out
+
+
+@pytest.fixture(scope="session")
+def tiny_ngame_dir(tiny_ngame) -> Path:
+    """The shared tiny NGAME's model directory (see `tiny_ngame`)."""
+    return tiny_ngame[1]

@@ -143,8 +143,8 @@ def test_bad_labels_give_clear_errors(model):
 
 
 def test_stage1_only_model_takes_new_labels(ds, hidden, tiny_model_dir, tmp_path):
-    model = NGAME.train(without_labels(ds, hidden), shared_ngame_config(tiny_model_dir, stages=[1]).replace(
-        siamese=SiameseConfig(epochs=1, batch_size=256, lr=3e-3, temperature=0.1)), progress=False)
+    model = NGAME.train(without_labels(ds, hidden), shared_ngame_config(tiny_model_dir).replace(
+        stages=[1], siamese=SiameseConfig(epochs=1, batch_size=256, lr=3e-3, temperature=0.1)), progress=False)
     texts = [ds.label_texts[i] for i in hidden]
     ids = model.add_labels(texts)
     top = _top(model.predict(texts, k=1), 1)

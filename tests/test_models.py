@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import shared_ngame_config
 
 from xmine.config import (
     ClassifierConfig,
-    ClusterScheduleConfig,
     EncoderConfig,
     KNNConfig,
     MIPSConfig,
@@ -44,11 +44,13 @@ def _encoder(tiny_model_dir, kind: str = "bow") -> EncoderConfig:
 
 
 def _ngame_config(tiny_model_dir, epochs: int = 8, **siamese) -> NGAMEConfig:
-    schedule = ClusterScheduleConfig(unit="epoch", start=2, refresh_every=1, milestones=[2, 4], sizes=[8, 16])
-    return NGAMEConfig(encoder=_encoder(tiny_model_dir),
-                       siamese=SiameseConfig(epochs=epochs, batch_size=256, lr=3e-3, lr_embeddings=1e-2,
-                                             temperature=0.1, schedule=schedule, **siamese),
-                       classifier=ClassifierConfig(epochs=2, shortlist_size=50, hash_buckets=1 << 18))
+    return shared_ngame_config(tiny_model_dir, epochs, **siamese)
+
+
+@pytest.fixture(scope="module")
+def ds_seen(small_hpo_seen):
+    """The data the shared tiny NGAME was trained on (small_hpo less a tenth of its labels)."""
+    return load_dataset(small_hpo_seen)
 
 
 def test_knn_baseline_beats_popularity_and_round_trips(ds, tmp_path):
@@ -62,11 +64,9 @@ def test_knn_baseline_beats_popularity_and_round_trips(ds, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ngame(ds, tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ngame")
-    model = NGAME.train(ds, _ngame_config(tiny_model_dir), out_dir=out, progress=False)
-    model.save(out)
-    return model, out
+def ngame(tiny_ngame):
+    """The session's shared tiny NGAME (conftest): (model, directory), trained on `ds_seen`."""
+    return tiny_ngame
 
 
 def test_stage1_loss_falls_and_does_not_collapse(ngame):
@@ -78,40 +78,41 @@ def test_stage1_loss_falls_and_does_not_collapse(ngame):
     assert history[-1]["gap"] > 0.05 and history[-1]["neg_cos"] < 0.95
 
 
-def test_stage1_beats_the_untrained_encoder(ds, ngame, tiny_model_dir):
+def test_stage1_beats_the_untrained_encoder(ds_seen, ngame, tiny_model_dir):
     model, _ = ngame
-    untrained = NGAME.train(ds, _ngame_config(tiny_model_dir).replace(stages=[1], siamese=SiameseConfig(
+    untrained = NGAME.train(ds_seen, _ngame_config(tiny_model_dir).replace(stages=[1], siamese=SiameseConfig(
         epochs=1, lr=1e-12, lr_embeddings=1e-12, batching="random")), progress=False)
-    trained_p1 = _p1(model.predict(ds.test, k=5, scores="encoder"), ds.test.labels)
-    untrained_p1 = _p1(untrained.predict(ds.test, k=5, scores="encoder"), ds.test.labels)
+    trained_p1 = _p1(model.predict(ds_seen.test, k=5, scores="encoder"), ds_seen.test.labels)
+    untrained_p1 = _p1(untrained.predict(ds_seen.test, k=5, scores="encoder"), ds_seen.test.labels)
     assert trained_p1 > untrained_p1 + 3
 
 
-def test_fused_scores_beat_encoder_alone_and_save_load_is_identical(ds, ngame):
+def test_fused_scores_beat_encoder_alone_and_save_load_is_identical(ds_seen, ngame):
     model, out = ngame
-    fused = model.predict(ds.test, k=10)
-    assert _p1(fused, ds.test.labels) > _p1(model.predict(ds.test, k=10, scores="encoder"), ds.test.labels)
+    fused = model.predict(ds_seen.test, k=10)
+    encoder = model.predict(ds_seen.test, k=10, scores="encoder")
+    assert _p1(fused, ds_seen.test.labels) > _p1(encoder, ds_seen.test.labels)
     loaded = load_model(out)
     assert loaded.ranker is not None and loaded.ranker.weights.nnz == model.ranker.weights.nnz > 0
     for kind in ("fused", "encoder", "classifier", "ranker"):
-        a, b = model.predict(ds.test, k=10, scores=kind), loaded.predict(ds.test, k=10, scores=kind)
+        a, b = model.predict(ds_seen.test, k=10, scores=kind), loaded.predict(ds_seen.test, k=10, scores=kind)
         assert np.array_equal(a.indices, b.indices) and np.allclose(a.data, b.data, atol=1e-5)
 
 
-def test_batched_prediction_equals_one_batch(ds, ngame):
+def test_batched_prediction_equals_one_batch(ds_seen, ngame):
     model, _ = ngame
-    whole = model.predict(ds.test, k=10, batch_size=10_000)
-    parts = model.predict(ds.test, k=10, batch_size=37)
+    whole = model.predict(ds_seen.test, k=10, batch_size=10_000)
+    parts = model.predict(ds_seen.test, k=10, batch_size=37)
     assert np.array_equal(whole.indices, parts.indices) and np.allclose(whole.data, parts.data, atol=1e-5)
 
 
-def test_a_label_absent_from_training_can_be_predicted(ds, ngame):
+def test_a_label_absent_from_training_can_be_predicted(ds_seen, ngame):
     model, _ = ngame
-    unseen = np.flatnonzero(np.asarray(ds.train.labels.sum(0)).ravel() == 0)
+    unseen = np.flatnonzero(np.asarray(ds_seen.train.labels.sum(0)).ravel() == 0)
     assert unseen.size > 0
     label = int(unseen[0])
     for kind in ("encoder", "fused"):
-        pred = model.predict([ds.label_texts[label]], k=50, scores=kind)
+        pred = model.predict([ds_seen.label_texts[label]], k=50, scores=kind)
         assert label in set(pred.indices), kind
 
 
@@ -177,17 +178,17 @@ def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(ds, tiny_model_di
 
 
 @pytest.mark.slow  # a second stage-2 training
-def test_stage2_alone_starts_from_a_saved_stage1_model(ds, ngame, tiny_model_dir):
+def test_stage2_alone_starts_from_a_saved_stage1_model(ds_seen, ngame, tiny_model_dir):
     _, out = ngame
     config = _ngame_config(tiny_model_dir).replace(stages=[2], ranker=RankerConfig(enabled=False))  # not under test
-    model = NGAME.train(ds, config, init_from=out, progress=False)
+    model = NGAME.train(ds_seen, config, init_from=out, progress=False)
     assert model.classifiers is not None and "stage1" not in model.history
     with pytest.raises(XmineError, match="init_from"):
-        NGAME.train(ds, config, progress=False)
+        NGAME.train(ds_seen, config, progress=False)
 
 
 @pytest.mark.slow  # two stage-2 trainings
-def test_stage2_classifier_index_negatives_come_from_the_configured_index(ds, ngame, tiny_model_dir, monkeypatch):
+def test_stage2_classifier_index_negatives_come_from_the_configured_index(ds_seen, ngame, tiny_model_dir, monkeypatch):
     """`classifier.negatives_index` picks the index that NGAME stage 2 searches for its classifier-index
     negatives (HNSW above `exact_below` labels, exact below)."""
     import xmine.models.ngame as ngame_module
@@ -207,12 +208,12 @@ def test_stage2_classifier_index_negatives_come_from_the_configured_index(ds, ng
         built.clear()
         index = IndexConfig(kind="hnsw", ef_construction=40, ef_search=32, exact_below=exact_below)
         config = base.replace(classifier=base.classifier.replace(epochs=1, negatives_index=index))
-        NGAME.train(ds, config, init_from=out, progress=False)
+        NGAME.train(ds_seen, config, init_from=out, progress=False)
         assert built == [kind]
 
 
 @pytest.mark.slow  # two stage-2 trainings
-def test_ranker_trains_on_the_candidates_it_scores_at_prediction(ds, ngame, tiny_model_dir, monkeypatch):
+def test_ranker_trains_on_the_candidates_it_scores_at_prediction(ds_seen, ngame, tiny_model_dir, monkeypatch):
     """The sparse ranker's training shortlist holds the classifier index's candidates as well (matcher-aware
     negatives): at prediction those candidates are scored by the ranker too, so it must have learnt to reject
     them. `ranker.shortlist_with_classifier_index=False` trains it on the label-embedding ANN and neighbours only."""
@@ -230,9 +231,9 @@ def test_ranker_trains_on_the_candidates_it_scores_at_prediction(ds, ngame, tiny
     _, out = ngame
     base = _ngame_config(tiny_model_dir).replace(stages=[2])
     base = base.replace(classifier=base.classifier.replace(epochs=1))
-    model = NGAME.train(ds, base, init_from=out, progress=False)
+    model = NGAME.train(ds_seen, base, init_from=out, progress=False)
     assert len(seen) == 2 and seen[0] is seen[1]  # the fit on the training rows, and the refit on all points
-    emb = model.encoder.encode(model.encoder.prepare(ds.train.texts))
+    emb = model.encoder.encode(model.encoder.prepare(ds_seen.train.texts))
     from_classifiers = model.classifier_index.search(emb, base.classifier.shortlist_size)[1]
     from_embeddings = model.label_index.search(emb, base.classifier.shortlist_size)[1]
     assert all(set(from_classifiers[i]) <= set(seen[0][i]) for i in range(len(emb)))
@@ -240,7 +241,7 @@ def test_ranker_trains_on_the_candidates_it_scores_at_prediction(ds, ngame, tiny
 
     seen.clear()
     off = base.replace(ranker=base.ranker.replace(shortlist_with_classifier_index=False))
-    NGAME.train(ds, off, init_from=out, progress=False)
+    NGAME.train(ds_seen, off, init_from=out, progress=False)
     assert not all(set(from_classifiers[i]) <= set(seen[0][i]) for i in range(len(emb)))
 
 
@@ -285,37 +286,37 @@ def test_knn_with_lead_channel_round_trips(ds, tmp_path):
     assert (loaded.predict(ds.test, k=10) != pred).nnz == 0
 
 
-def test_prediction_settings_are_chosen_per_call(ds, ngame):
+def test_prediction_settings_are_chosen_per_call(ds_seen, ngame):
     """PredictConfig: its defaults predict exactly as the trained model does; a smaller shortlist and fewer
     candidate sources give predictions drawn from those sources only; explicit arguments override it."""
     from xmine.config import PredictConfig
 
     model, _ = ngame
-    base = model.predict(ds.test, k=10)
-    assert (model.predict(ds.test, k=10, config=PredictConfig()) != base).nnz == 0
+    base = model.predict(ds_seen.test, k=10)
+    assert (model.predict(ds_seen.test, k=10, config=PredictConfig()) != base).nnz == 0
     assert set(model.last_predict_seconds) == {"encode", "featurize", "search", "score", "fuse"}
     narrow = PredictConfig(shortlist_size=3, knn_shortlist=0, classifier_index=False)
-    pred = model.predict(ds.test, k=10, config=narrow)
-    emb = model.encode(list(ds.test.texts))
+    pred = model.predict(ds_seen.test, k=10, config=narrow)
+    emb = model.encode(list(ds_seen.test.texts))
     top3 = model.label_index.search(emb, 3)[1]
     assert all(set(pred[i].indices) <= set(top3[i]) for i in range(pred.shape[0]))
     assert (pred != base).nnz > 0
-    ranker = model.predict(ds.test, k=10, scores="ranker", config=PredictConfig(scores="classifier"))
-    assert (ranker != model.predict(ds.test, k=10, config=PredictConfig(scores="ranker"))).nnz == 0
+    ranker = model.predict(ds_seen.test, k=10, scores="ranker", config=PredictConfig(scores="classifier"))
+    assert (ranker != model.predict(ds_seen.test, k=10, config=PredictConfig(scores="ranker"))).nnz == 0
     with pytest.raises(ConfigError, match="shortlist_size"):
         PredictConfig.from_dict({"shortlist_size": 0})
 
 
-def test_cli_predict_set(ds, ngame, small_hpo, tmp_path, capsys):
+def test_cli_predict_set(ds_seen, ngame, small_hpo_seen, tmp_path, capsys):
     """`xmine predict --predict-set key=value`: applied (same predictions as the API), unknown keys are errors."""
     from xmine.cli import load_predictions, main
     from xmine.config import PredictConfig
 
     model, out = ngame
-    cmd = ["-q", "predict", "--model", str(out), "--data", str(small_hpo), "-k", "5", "--out", str(tmp_path / "p.npz"),
-           "--predict-set", "shortlist_size=4", "--predict-set", "knn_shortlist=0"]
+    cmd = ["-q", "predict", "--model", str(out), "--data", str(small_hpo_seen), "-k", "5", "--out",
+           str(tmp_path / "p.npz"), "--predict-set", "shortlist_size=4", "--predict-set", "knn_shortlist=0"]
     assert main(cmd) == 0, capsys.readouterr().err
-    expected = model.predict(ds.test, k=5, config=PredictConfig(shortlist_size=4, knn_shortlist=0))
+    expected = model.predict(ds_seen.test, k=5, config=PredictConfig(shortlist_size=4, knn_shortlist=0))
     assert (load_predictions(tmp_path / "p.npz") != expected).nnz == 0
     capsys.readouterr()
     assert main(cmd[:-4] + ["--predict-set", "shortlist=4"]) == 1  # a clear error, not an exception
