@@ -117,8 +117,9 @@ def measure(n_labels: int, index_only: bool) -> dict:
     from xmine.classifiers import LabelClassifiers
     from xmine.config import ClassifierConfig, IndexConfig
     from xmine.index import LabelIndex
+    from xmine.losses import build_shortlist_loss
     from xmine.mining import MIPSNegativeSampler
-    from xmine.training.classifiers import positive_candidates, shortlist_loss
+    from xmine.training.classifiers import positive_candidates
     from xmine.utils import peak_rss_mb, set_threads
 
     set_threads(2)
@@ -157,7 +158,7 @@ def measure(n_labels: int, index_only: bool) -> dict:
             is_pos = torch.zeros(cand.shape, dtype=torch.bool)
             is_pos[:, :pc.shape[1]] = torch.from_numpy(pc >= 0)
             scores = clf.score(torch.from_numpy(points[rows]), feats[rows], cand)
-            loss = shortlist_loss(scores, is_pos, torch.from_numpy(cand >= 0), ClassifierConfig())
+            loss = build_shortlist_loss(ClassifierConfig())(scores, is_pos, torch.from_numpy(cand >= 0))
             opt.zero_grad()
             sopt.zero_grad()
             loss.backward()

@@ -8,7 +8,8 @@ import torch
 from xmine.classifiers import LabelClassifiers, hash_pairs
 from xmine.config import ClassifierConfig
 from xmine.errors import XmineError
-from xmine.training.classifiers import positive_candidates, shortlist_loss
+from xmine.losses import build_shortlist_loss
+from xmine.training.classifiers import positive_candidates
 
 
 def test_sparse_scores_equal_the_hashed_linear_model():
@@ -71,7 +72,7 @@ def test_positive_candidates_cap_and_padding():
 
 def test_positive_candidates_equal_a_row_loop_with_the_same_random_draws():
     """The vectorised rows and the sampled long rows draw from the generator as one loop over rows would."""
-    pos = sp.random(50, 40, density=0.15, format="csr", random_state=np.random.RandomState(3))
+    pos = sp.random(50, 40, density=0.15, format="lil", random_state=np.random.RandomState(3))
     pos[7, :30] = 1.0  # rows with more positives than the cap
     pos[20, 5:25] = 1.0
     pos = sp.csr_matrix(pos)
@@ -92,7 +93,17 @@ def test_triplet_shortlist_loss_uses_hardest_pairs_only():
     valid = torch.ones_like(is_pos)
     config = ClassifierConfig(loss="triplet", margin=0.2, triplet_positives=1, triplet_negatives=1)
     # hardest positive 0.1, hardest negative 0.5: hinge 0.5 - 0.1 + 0.2 = 0.6
-    assert shortlist_loss(scores, is_pos, valid, config).item() == pytest.approx(0.6)
+    assert build_shortlist_loss(config)(scores, is_pos, valid).item() == pytest.approx(0.6)
+
+
+def test_bce_shortlist_loss_averages_over_the_valid_candidates_only():
+    scores = torch.tensor([[2.0, -1.0, 0.5], [0.3, 9.0, -9.0]])
+    is_pos = torch.tensor([[True, False, False], [False, True, False]])
+    valid = torch.tensor([[True, True, False], [True, True, True]])  # one padding slot: never counted
+    plain = [torch.nn.functional.binary_cross_entropy_with_logits(scores[i, j], is_pos[i, j].float())
+             for i in range(2) for j in range(3) if valid[i, j]]
+    loss = build_shortlist_loss(ClassifierConfig(loss="bce"))(scores, is_pos, valid)
+    assert loss.item() == pytest.approx(float(sum(plain) / len(plain)))
 
 
 def test_sparse_part_reads_only_the_strongest_features():

@@ -151,7 +151,7 @@ def test_some_fusion_points_are_kept_out_of_stage1_and_checked(ds, tiny_model_di
 
 @pytest.mark.slow  # two stage-1 trainings
 def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(ds, tiny_model_dir, tmp_path, monkeypatch):
-    import xmine.training.siamese as siamese
+    import xmine.training.loop as siamese  # the training loops write their checkpoints there
 
     full = _ngame_config(tiny_model_dir, epochs=4).replace(stages=[1])
     a = NGAME.train(ds, full, out_dir=tmp_path / "a", progress=False)

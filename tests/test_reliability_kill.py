@@ -184,7 +184,7 @@ def test_stage2_crashed_and_resumed_is_bit_identical(small_hpo, tiny_model_dir, 
     """Stage 2 alone, from the shared model's stage 1 (the whole run, killed, is the slow CLI test below)."""
     from test_reliability import tiny_ngame_config
 
-    import xmine.training.classifiers as classifier_training
+    import xmine.training.loop as classifier_training  # the training loops write their checkpoints there
 
     ds = load_dataset(small_hpo)
     config = tiny_ngame_config(tiny_model_dir, ranker=RankerConfig(enabled=False), stages=[2])
@@ -218,7 +218,7 @@ def test_stage2_killed_by_sigkill_and_resumed_from_the_cli_is_bit_identical(smal
 
 
 def test_mips_crashed_and_resumed_is_bit_identical(small_hpo, tiny_model_dir, tmp_path, monkeypatch):
-    import xmine.training.classifiers as classifier_training
+    import xmine.training.loop as classifier_training  # the training loops write their checkpoints there
     from xmine.config import ClassifierConfig, EncoderConfig, MIPSConfig, MIPSMethodConfig
     from xmine.models import MIPSClassifier
 

@@ -1,5 +1,6 @@
-"""Siamese losses over in-batch similarities. Each is a small module with a pure
-`forward(similarity, positive_mask)`, testable on random tensors.
+"""Training losses, each a small module with a pure forward, testable on random tensors: the Siamese losses over
+in-batch similarities (`forward(similarity, positive_mask)`, `build_siamese_loss`) and the classifiers' losses
+over candidate scores (`forward(scores, is_positive, valid)`, `build_shortlist_loss`).
 
 similarity: (B, B) cosine between point i and the label sampled for point j (positives on the diagonal).
 positive_mask: (B, B) bool, True where label j is ALSO a positive of point i (diagonal included);
@@ -70,6 +71,44 @@ def build_siamese_loss(name: str, margin: float = 0.3, num_negatives: int = 10, 
     if name == "infonce":
         return InfoNCELoss(temperature=temperature)
     raise ConfigError(f"unknown Siamese loss {name!r}; choose 'triplet' or 'infonce'")
+
+
+class ShortlistBCE(nn.Module):
+    """The classifiers' default loss: binary cross-entropy of every valid (point, candidate) score, averaged.
+
+    forward(scores (B, C) logits, is_positive (B, C) bool, valid (B, C) bool: False on padding) -> scalar."""
+
+    def forward(self, scores: torch.Tensor, is_positive: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.binary_cross_entropy_with_logits(scores, is_positive.float(), reduction="none")
+        return (loss * valid).sum() / valid.sum().clamp_min(1)
+
+
+class ShortlistTriplet(nn.Module):
+    """NGAME stage 2's classifier loss: a hinge with `margin` over the `n_positives` lowest-scored positives x the
+    `n_negatives` highest-scored negatives of each point's candidates (the same forward as `ShortlistBCE`)."""
+
+    def __init__(self, margin: float, n_positives: int, n_negatives: int) -> None:
+        super().__init__()
+        self.margin, self.n_positives, self.n_negatives = margin, n_positives, n_negatives
+
+    def forward(self, scores: torch.Tensor, is_positive: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        big = 1e4
+        pos_scores = scores.masked_fill(~(is_positive & valid), big)
+        neg_scores = scores.masked_fill(~(~is_positive & valid), -big)
+        hard_pos, _ = pos_scores.topk(min(self.n_positives, scores.shape[1]), dim=1, largest=False)
+        hard_neg, _ = neg_scores.topk(min(self.n_negatives, scores.shape[1]), dim=1)
+        pair_valid = (hard_pos < big / 2).unsqueeze(2) & (hard_neg > -big / 2).unsqueeze(1)
+        hinge = torch.relu(hard_neg.unsqueeze(1) - hard_pos.unsqueeze(2) + self.margin) * pair_valid
+        return hinge.sum() / pair_valid.sum().clamp_min(1)
+
+
+def build_shortlist_loss(config: Any) -> nn.Module:
+    """The classifier loss that `config.loss` (ClassifierConfig) names."""
+    if config.loss == "bce":
+        return ShortlistBCE()
+    if config.loss == "triplet":
+        return ShortlistTriplet(config.margin, config.triplet_positives, config.triplet_negatives)
+    raise ConfigError(f"unknown classifier loss {config.loss!r}; choose 'bce' or 'triplet'")
 
 
 def in_batch_spread(similarity: torch.Tensor, positive_mask: torch.Tensor) -> dict[str, float]:

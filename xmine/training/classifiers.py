@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,11 @@ from xmine import distributed
 from xmine.classifiers import LabelClassifiers
 from xmine.config import ClassifierConfig
 from xmine.encoders.base import Encoder, Prepared
+from xmine.losses import build_shortlist_loss
 from xmine.mining.mips import remove_positives_and_duplicates
 from xmine.topk import csr_rows_to_ids
-from xmine.training.checkpoint import (
-    data_fingerprint,
-    generator_states,
-    load_checkpoint,
-    restore_generators,
-    save_checkpoint,
-)
+from xmine.training.checkpoint import generator_states, restore_generators
+from xmine.training.loop import EpochCheckpoints, History
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +44,6 @@ class ClassifierEpoch:
     negatives_seconds: float
 
 
-@dataclass
-class ClassifierHistory:
-    epochs: list[ClassifierEpoch] = field(default_factory=list)
-
-    def to_list(self) -> list[dict[str, Any]]:
-        return [vars(e) for e in self.epochs]
-
-
 NegativeFn = Callable[[np.ndarray, np.ndarray | None, sp.csr_matrix, int, int], np.ndarray]
 """negatives(batch_rows, batch_embeddings or None, batch_positives, epoch, global_step) -> (B, N) ids, -1 pad."""
 
@@ -69,22 +57,6 @@ def positive_candidates(positives: sp.csr_matrix, rng: np.random.Generator,
     for i in np.flatnonzero(lengths > cap):  # rows beyond the cap (rare): a sample of their positives instead
         out[i] = rng.choice(positives.indices[positives.indptr[i]:positives.indptr[i + 1]], size=cap, replace=False)
     return out
-
-
-def shortlist_loss(scores: torch.Tensor, is_positive: torch.Tensor, valid: torch.Tensor, config: ClassifierConfig
-                   ) -> torch.Tensor:
-    if config.loss == "bce":
-        loss = nn.functional.binary_cross_entropy_with_logits(scores, is_positive.float(), reduction="none")
-        return (loss * valid).sum() / valid.sum().clamp_min(1)
-    # NGAME stage 2: the `triplet_positives` lowest-scored positives x `triplet_negatives` highest negatives
-    big = 1e4
-    pos_scores = scores.masked_fill(~(is_positive & valid), big)
-    neg_scores = scores.masked_fill(~(~is_positive & valid), -big)
-    hard_pos, _ = pos_scores.topk(min(config.triplet_positives, scores.shape[1]), dim=1, largest=False)
-    hard_neg, _ = neg_scores.topk(min(config.triplet_negatives, scores.shape[1]), dim=1)
-    pair_valid = (hard_pos < big / 2).unsqueeze(2) & (hard_neg > -big / 2).unsqueeze(1)
-    hinge = torch.relu(hard_neg.unsqueeze(1) - hard_pos.unsqueeze(2) + config.margin) * pair_valid
-    return hinge.sum() / pair_valid.sum().clamp_min(1)
 
 
 class ClassifierStep(nn.Module):
@@ -124,7 +96,7 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
                       on_step: Callable[[int], None] | None = None,
                       on_epoch_start: Callable[[int, int], None] | None = None,
                       config_fingerprint: dict[str, Any] | None = None,
-                      generators: dict[str, np.random.Generator] | None = None) -> ClassifierHistory:
+                      generators: dict[str, np.random.Generator] | None = None) -> History[ClassifierEpoch]:
     """Train `classifiers` in place on the (n, L) `labels`.
 
     Dense inputs come either from fixed `embeddings` (frozen encoder) or from `encoder` applied to
@@ -138,7 +110,7 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
     labels' fingerprint with `config_fingerprint` (default: `config`): resuming from one that differs is refused."""
     labels = sp.csr_matrix(labels)
     generators = generators or {}
-    fingerprint = {"data": data_fingerprint(labels), "config": config_fingerprint or config.to_dict()}
+    checkpoints = EpochCheckpoints(checkpoint_path, labels, config_fingerprint or config.to_dict(), ClassifierEpoch)
     keep = np.flatnonzero(np.diff(labels.indptr) > 0)
     trainable_encoder = encoder is not None and config.finetune_encoder
     progress = progress and distributed.is_main()
@@ -151,20 +123,19 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
     if trainable_encoder:
         # the encoder learns slower than the freshly initialised classifiers
         optimizers += encoder.make_optimizers(config.lr / 10, config.lr / 20)
-    history = ClassifierHistory()
-    first_epoch, step = 0, 0
-    if resume and checkpoint_path is not None:
-        loaded = load_checkpoint(checkpoint_path, fingerprint)
-        if loaded is not None:
-            tensors, meta = loaded
-            classifiers.load_state_dict(tensors["classifiers"])
-            for opt, opt_state in zip(optimizers, tensors["optimizers"], strict=True):
-                opt.load_state_dict(opt_state)
-            if trainable_encoder:
-                encoder.load_state_dict(tensors["encoder"])
-            restore_generators(generators, meta["generators"], checkpoint_path)
-            history = ClassifierHistory([ClassifierEpoch(**e) for e in meta["history"]])
-            first_epoch, step = meta["epoch"] + 1, meta["step"]
+    loss_fn = build_shortlist_loss(config)
+    step = 0
+    loaded = checkpoints.resume(resume)
+    if loaded is not None:
+        tensors, meta = loaded
+        classifiers.load_state_dict(tensors["classifiers"])
+        for opt, opt_state in zip(optimizers, tensors["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        if trainable_encoder:
+            encoder.load_state_dict(tensors["encoder"])
+        restore_generators(generators, meta["generators"], checkpoint_path)
+        step = meta["step"]
+    first_epoch = checkpoints.first_epoch(loaded[1] if loaded is not None else None)
     device = classifiers.bias.device
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
@@ -206,7 +177,7 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
             is_positive = np.zeros(candidates.shape, dtype=bool)
             is_positive[:, :pos.shape[1]] = pos >= 0
             valid = torch.from_numpy(candidates >= 0)
-            loss = shortlist_loss(scores, torch.from_numpy(is_positive).to(device), valid.to(device), config)
+            loss = loss_fn(scores, torch.from_numpy(is_positive).to(device), valid.to(device))
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -218,16 +189,15 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
             bar.set_postfix(loss=f"{total / steps:.4f}")
         seconds = time.perf_counter() - start
         record = ClassifierEpoch(epoch, total / max(steps, 1), seconds, len(keep) / max(seconds, 1e-9), neg_seconds)
-        history.epochs.append(record)
         log.info("classifiers epoch %d/%d: loss %.4f, %.1fs (%.0f points/s, negatives %.1fs)", epoch + 1,
                  config.epochs, record.loss, seconds, record.points_per_s, neg_seconds)
-        if checkpoint_path is not None and distributed.is_main():
+
+        def state(step: int = step) -> tuple[dict[str, Any], dict[str, Any]]:
             tensors = {"classifiers": classifiers.state_dict(), "optimizers": [o.state_dict() for o in optimizers]}
             if trainable_encoder:
                 tensors["encoder"] = encoder.state_dict()
-            save_checkpoint(checkpoint_path, tensors, {"epoch": epoch, "step": step, "history": history.to_list(),
-                                                       "generators": generator_states(generators),
-                                                       "fingerprint": fingerprint})
-        distributed.barrier()
+            return tensors, {"step": step, "generators": generator_states(generators)}
+
+        checkpoints.end_epoch(record, state)
     model.eval()
-    return history
+    return checkpoints.history

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from xmine.encoders.base import Encoder, Prepared
 from xmine.errors import XmineError
 from xmine.losses import build_siamese_loss, in_batch_spread
 from xmine.mining.clusters import ClusterBatchSampler, ClusterSchedule
-from xmine.training.checkpoint import data_fingerprint, load_checkpoint, save_checkpoint
+from xmine.training.loop import EpochCheckpoints, History
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,6 @@ class EpochRecord:
     neg_cos: float
     gap: float
     points_seen: int | None = None  # training points in this epoch's batches, summed over ranks
-
-
-@dataclass
-class SiameseHistory:
-    epochs: list[EpochRecord] = field(default_factory=list)
-
-    def to_list(self) -> list[dict[str, Any]]:
-        return [vars(e) for e in self.epochs]
 
 
 def sample_one_positive(labels: sp.csr_matrix, rng: np.random.Generator) -> np.ndarray:
@@ -118,7 +110,7 @@ def loss_name_at(config: SiameseConfig, epoch: int) -> str:
 
 def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, labels: sp.csr_matrix,
                   config: SiameseConfig, checkpoint_path: str | Path | None = None, resume: bool = False,
-                  progress: bool = True, config_fingerprint: dict[str, Any] | None = None) -> SiameseHistory:
+                  progress: bool = True, config_fingerprint: dict[str, Any] | None = None) -> History[EpochRecord]:
     """Train `encoder` in place. `labels` is the (n_points, n_labels) training label matrix;
     points without a label are skipped. With `checkpoint_path`, the state is saved atomically after
     every epoch, and `resume=True` continues from it with the same result as an uninterrupted run.
@@ -130,7 +122,7 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
     per-rank state, so a run can resume with a different number of ranks. The checkpoint records the
     labels' fingerprint and `config_fingerprint` (default: `config`); resuming from one that differs is refused."""
     labels = sp.csr_matrix(labels)
-    fingerprint = {"data": data_fingerprint(labels), "config": config_fingerprint or config.to_dict()}
+    checkpoints = EpochCheckpoints(checkpoint_path, labels, config_fingerprint or config.to_dict(), EpochRecord)
     keep = np.flatnonzero(np.diff(labels.indptr) > 0)
     if keep.size < 2:
         raise XmineError("Siamese training needs at least 2 training points with labels")
@@ -152,19 +144,16 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
     dense_params = [p for g in encoder.parameter_groups(config.lr, config.lr_embeddings) for p in g["params"]]
     use_amp = config.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    history = SiameseHistory()
-    first_epoch = 0
-    if resume and checkpoint_path is not None:
-        loaded = load_checkpoint(checkpoint_path, fingerprint)
-        if loaded is not None:
-            tensors, meta = loaded
-            encoder.load_state_dict(tensors["encoder"])
-            for opt, opt_state in zip(optimizers, tensors["optimizers"], strict=True):
-                opt.load_state_dict(opt_state)
-            sampler.load_state_dict(meta["sampler"])
-            history = SiameseHistory([EpochRecord(**e) for e in meta["history"]])
-            first_epoch = meta["epoch"] + 1
-            log.info("resuming Siamese training at epoch %d", first_epoch)
+    loaded = checkpoints.resume(resume)
+    if loaded is not None:
+        tensors, meta = loaded
+        encoder.load_state_dict(tensors["encoder"])
+        for opt, opt_state in zip(optimizers, tensors["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        sampler.load_state_dict(meta["sampler"])
+    first_epoch = checkpoints.first_epoch(loaded[1] if loaded is not None else None)
+    if first_epoch:
+        log.info("resuming Siamese training at epoch %d", first_epoch)
 
     for epoch in range(first_epoch, config.epochs):
         start = time.perf_counter()
@@ -220,15 +209,11 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
                              points_per_s=len(keep) / max(seconds, 1e-9), cluster_size=cluster_size,
                              refresh_seconds=refresh_seconds, pos_cos=float(pos_cos), neg_cos=float(neg_cos),
                              gap=float(gap), points_seen=int(round(distributed.all_reduce_mean(seen) * world)))
-        history.epochs.append(record)
         log.info("stage 1 epoch %d/%d: %s loss %.4f, %.1fs (%.0f points/s), clusters %s (refresh %.1fs), "
                  "in-batch cos pos %.3f neg %.3f", epoch + 1, config.epochs, loss_name, record.loss, seconds,
                  record.points_per_s, cluster_size, refresh_seconds, pos_cos, neg_cos)
-        if checkpoint_path is not None and distributed.is_main():
-            save_checkpoint(checkpoint_path, {"encoder": encoder.state_dict(),
-                                              "optimizers": [o.state_dict() for o in optimizers]},
-                            {"epoch": epoch, "sampler": sampler.state_dict(), "history": history.to_list(),
-                             "fingerprint": fingerprint})
-        distributed.barrier()
+        checkpoints.end_epoch(record, lambda: ({"encoder": encoder.state_dict(),
+                                                "optimizers": [o.state_dict() for o in optimizers]},
+                                               {"sampler": sampler.state_dict()}))
     encoder.eval()
-    return history
+    return checkpoints.history

@@ -1,0 +1,72 @@
+"""The skeleton both training loops share (NGAME's Siamese stage 1; the shortlist classifiers of NGAME stage 2 and
+of the MIPS method): a record per epoch, a checkpoint after every epoch, and resuming from it.
+
+A loop opens its `EpochCheckpoints`, asks it for the state to resume from (restoring its own tensors and random
+streams from it), runs its remaining epochs, and ends each with `end_epoch(record, state)`: the record joins the
+history, rank 0 writes the checkpoint (the loop's tensors and meta from `state()`, with the epoch, the history and
+the fingerprint of data and hyper-parameters), and every rank waits for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import scipy.sparse as sp
+
+from xmine import distributed
+from xmine.training.checkpoint import data_fingerprint, load_checkpoint, save_checkpoint
+
+Record = TypeVar("Record")
+
+
+@dataclass
+class History(Generic[Record]):
+    """The per-epoch records of one training loop."""
+
+    epochs: list[Record] = field(default_factory=list)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [vars(e) for e in self.epochs]
+
+    @classmethod
+    def from_list(cls, record_type: Callable[..., Record], items: list[dict[str, Any]]) -> History[Record]:
+        return cls([record_type(**item) for item in items])
+
+
+class EpochCheckpoints:
+    """One loop's checkpoint file (`path`; None: no checkpoints) and its history. A checkpoint records the
+    fingerprint of the training labels and of `config_fingerprint`; resuming from one that differs is refused."""
+
+    def __init__(self, path: str | Path | None, labels: sp.spmatrix, config_fingerprint: dict[str, Any],
+                 record_type: Callable[..., Record]) -> None:
+        self.path = Path(path) if path is not None else None
+        self.fingerprint = {"data": data_fingerprint(labels), "config": config_fingerprint}
+        self.record_type = record_type
+        self.history: History[Any] = History()
+
+    def resume(self, resume: bool) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """With `resume` and a checkpoint on disk: its (tensors, meta), the history restored from it; the loop
+        restores its own state from them and continues at `first_epoch(meta)`. None: start from epoch 0."""
+        if not resume or self.path is None:
+            return None
+        loaded = load_checkpoint(self.path, self.fingerprint)
+        if loaded is not None:
+            self.history = History.from_list(self.record_type, loaded[1]["history"])
+        return loaded
+
+    @staticmethod
+    def first_epoch(meta: dict[str, Any] | None) -> int:
+        return 0 if meta is None else meta["epoch"] + 1
+
+    def end_epoch(self, record: Any, state: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        """Append the epoch's record; rank 0 writes the checkpoint: the loop's `state()` = (tensors, meta), the meta
+        completed with the epoch, the history and the fingerprint. All ranks wait for it."""
+        self.history.epochs.append(record)
+        if self.path is not None and distributed.is_main():
+            tensors, meta = state()
+            save_checkpoint(self.path, tensors, {"epoch": record.epoch, **meta, "history": self.history.to_list(),
+                                                 "fingerprint": self.fingerprint})
+        distributed.barrier()
