@@ -161,8 +161,8 @@ def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray,
                     codes: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
     """The regression's weights (+ bias) and the tree's arrays, fitted on the candidate pairs of the points where
     `rows` is True; None when those pairs hold one class only. The regression sees at most `config.fit_pairs` of
-    them (subsample_pairs): a dozen weights need no more. The tree sees them all: on a sample its leaves, fitted
-    on fewer negatives, ranked the test points worse (HPO, 100k of 537k pairs: test P@1 -0.8 and -1.1). With
+    them (subsample_pairs): a dozen weights need no more. The tree sees them all: its leaves, fitted on a sample's
+    fewer negatives, ranked test points measurably worse (docs/cost.md). With
     `bins`, the tree is fitted on the pairs' bin `codes` (rows of `features`'s)."""
     pairs = np.flatnonzero((valid & rows[:, None]).ravel())
     x, y = features[pairs], target.ravel()[pairs]
