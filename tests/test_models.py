@@ -63,6 +63,23 @@ def test_knn_baseline_beats_popularity_and_round_trips(ds, tmp_path):
     assert (again != pred).nnz == 0
 
 
+def test_knn_votes_in_threads_equal_the_serial_ones(ds):
+    import numba
+
+    model = TfidfKNN.train(ds, KNNConfig())
+    x = model.train_features
+    threads = numba.get_num_threads()
+    votes = {}
+    try:
+        for n in (1, 2):
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+            votes[n] = model.predict_features(x, 20, batch_size=64, exclude_rows=np.arange(x.shape[0]))
+    finally:
+        numba.set_num_threads(threads)
+    assert x.shape[0] > 3 * 64  # several batches
+    assert (votes[1] != votes[2]).nnz == 0 and np.array_equal(votes[1].indices, votes[2].indices)
+
+
 @pytest.fixture(scope="module")
 def ngame(tiny_ngame):
     """The session's shared tiny NGAME (conftest): (model, directory), trained on `ds_seen`."""

@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
@@ -92,18 +95,27 @@ class TfidfKNN(XMCModel):
         row i's neighbours: a training point must not vote for itself when shortlisting its own labels."""
         if k < 1:
             raise XmineError(f"k must be >= 1, got {k}")
-        out = []
         extra = 0 if exclude_rows is None else 1
-        bar = tqdm(total=features.shape[0], desc="knn predict", unit="pt", disable=not progress)
-        for start in range(0, features.shape[0], batch_size):
+
+        def votes(start: int) -> sp.csr_matrix:
             sims, ids = self.neighbours(features[start:start + batch_size], self.config.neighbours + extra,
                                         batch_size)
             if exclude_rows is not None:
                 sims = np.where(ids == exclude_rows[start:start + batch_size, None], 0.0, sims)
             weights = csr_from_topk(np.maximum(sims, 0) ** self.config.power, ids, self.train_features.shape[0])
             weights.eliminate_zeros()
-            out.append(csr_row_topk(weights @ self.train_labels, k))
-            bar.update(sims.shape[0])
+            return csr_row_topk(weights @ self.train_labels, k)
+
+        # batches are independent and their sparse products and top-k release the GIL: several batches run in
+        # numba's thread count (set with the model's threads), kept in order; one batch runs on the caller's thread
+        starts = range(0, features.shape[0], batch_size)
+        out = []
+        bar = tqdm(total=features.shape[0], desc="knn predict", unit="pt", disable=not progress)
+        with ThreadPoolExecutor(max(1, min(numba.get_num_threads(), len(starts)))) if len(starts) > 1 else \
+                nullcontext() as pool:
+            for block in (pool.map(votes, starts) if pool is not None else map(votes, starts)):
+                out.append(block)
+                bar.update(block.shape[0])
         bar.close()
         return stack_rows(out, self.n_labels)
 
