@@ -12,8 +12,11 @@ NGAME trained with all labels. Reported per setting:
   2. overall P@1 and PSP@5 (all labels, all test points), so that the cost to the trained labels shows;
   3. the seconds to add 1,000 labels to a loaded model (encode + index + classifiers + ranker + fusion).
 
-  python bench/new_labels.py train --dataset hpo --work /tmp/xmine-new-labels     (trains 3 models per dataset)
+  python bench/new_labels.py train --dataset hpo --work /tmp/xmine-new-labels     (3 models per dataset: all labels,
+                                                                                  random 10% and rarest 10% hidden;
+                                                                                  the all-labels one serves both)
   python bench/new_labels.py evaluate --dataset hpo --work /tmp/xmine-new-labels  (adds, predicts, writes JSON)
+  python bench/new_labels.py time --dataset hpo --work /tmp/xmine-new-labels      (only the time to add 1,000)
   python bench/new_labels.py table                                                (docs/new-labels.md table)
 
 Results go to bench/results/new_labels.json (one entry per dataset, merged with what is there).
@@ -27,6 +30,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,7 +42,18 @@ RESULTS = BENCH / "results" / "new_labels.json"
 DOC = REPO / "docs" / "new-labels.md"
 DATASETS = {"hpo": ("hpo-disease-phenotype", "full"), "debian-title": ("debian-related", "title")}
 SETTINGS = ("random", "rare")
-POLICIES = ("rank", "impute", "as_is")
+# how the hidden labels are added back and scored: NewLabelsConfig fields ("predict": NGAME.predict's scores)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "added_rank": {"scores": "rank"},
+    "added_rank_margin": {"scores": "rank", "rank_margin": 0.02},
+    "added_impute": {"scores": "impute"},
+    "added_as_is": {"scores": "as_is"},
+    "added_encoder_only": {"predict": "encoder"},
+}
+VARIANT_NAMES = {"added_rank": "added, placed by encoder rank (default)",
+                 "added_rank_margin": "added, placed by encoder rank, `rank_margin=0.02`",
+                 "added_impute": "added, imputed source scores", "added_as_is": "added, raw scores fused",
+                 "added_encoder_only": "added, encoder scores only"}
 HIDE_SHARE = 0.10
 ADD_TIMING_LABELS = 1000
 
@@ -103,7 +118,8 @@ def train(args: argparse.Namespace) -> None:
         data = ds if hidden is None else without_labels(ds, hidden)
         log.info("%s: training default NGAME on %d labels", name, data.n_labels)
         start = time.perf_counter()
-        model = train_model("ngame", data, config, out / "_train", progress=False)
+        # checkpoints go to out/checkpoints, which a save into `out` keeps
+        model = train_model("ngame", data, config, out, progress=False)
         seconds = time.perf_counter() - start
         model.save(out)
         meta = {"train_seconds": seconds, "hidden": None if hidden is None else hidden.tolist(),
@@ -165,9 +181,7 @@ def full_predictions(work: Path, ds) -> sp.csr_matrix:
 
 
 def evaluate_dataset(args: argparse.Namespace) -> None:
-    from xmine.labels import label_state
     from xmine.metrics import inverse_propensity
-    from xmine.models import load_model
     from xmine.utils import set_threads
 
     set_threads(args.threads)
@@ -180,39 +194,64 @@ def evaluate_dataset(args: argparse.Namespace) -> None:
     result = results.setdefault(args.dataset, {"settings": {}})
     result.update({"dataset": args.dataset, "n_labels": ds.n_labels, "n_test": ds.test.n_points,
                    "full_train_seconds": full_meta["train_seconds"], "threads": args.threads})
+    variants = args.variant or list(VARIANTS)
     for setting in args.only or SETTINGS:
         folder = work / f"hidden-{setting}"
         meta = json.loads((folder / "bench_new_labels.json").read_text())
         hidden = np.asarray(meta["hidden"], dtype=np.int64)
-        kept = np.setdiff1d(np.arange(ds.n_labels), hidden)
-        model = load_model(folder)
-        start = time.perf_counter()
-        model.add_labels([ds.label_texts[i] for i in hidden])
-        add_seconds = time.perf_counter() - start
-        order = np.concatenate([kept, hidden])
+        order = np.concatenate([np.setdiff1d(np.arange(ds.n_labels), hidden), hidden])
         counts = np.asarray((ds.train.labels > 0).sum(0)).ravel()[hidden]
-        entry = {"hidden_labels": len(hidden), "hidden_train_points_median": float(np.median(counts)),
-                 "hidden_train_points_max": int(counts.max()), "train_seconds": meta["train_seconds"],
-                 "add_seconds": add_seconds, "retrained": scores_of(full_pred, ds, hidden, inv_p)}
-        state = label_state(model)
-        for policy in POLICIES:  # the same added labels, scored each way (NewLabelsConfig.scores)
-            state.config = state.config.replace(scores=policy)
-            start = time.perf_counter()
-            pred = model.predict(ds.test, k=100)
-            entry[f"added_{policy}"] = scores_of(to_original_ids(pred, order), ds, hidden, inv_p)
-            entry[f"added_{policy}"]["predict_seconds"] = time.perf_counter() - start
-            log.info("%s, %s: %s", setting, policy, entry[f"added_{policy}"])
-        pred = model.predict(ds.test, k=100, scores="encoder")
-        entry["added_encoder_only"] = scores_of(to_original_ids(pred, order), ds, hidden, inv_p)
+        entry = result["settings"].get(setting, {}) if args.variant else {}
+        entry.update({"hidden_labels": len(hidden), "hidden_train_points_median": float(np.median(counts)),
+                      "hidden_train_points_max": int(counts.max()), "train_seconds": meta["train_seconds"],
+                      "retrained": scores_of(full_pred, ds, hidden, inv_p)})
+        model, entry["add_seconds"] = with_hidden_added(folder, ds, hidden)
+        for name in variants:
+            entry[name] = added_scores(model, ds, hidden, order, inv_p, VARIANTS[name])
+            log.info("%s, %s: %s", setting, name, entry[name])
         result["settings"][setting] = entry
-        log.info("%s: %d hidden labels added in %.2fs; hidden P@1 retrained %.2f added %.2f", setting, len(hidden),
-                 add_seconds, entry["retrained"]["hidden_in_full_ranking"]["P@1"],
-                 entry["added_rank"]["hidden_in_full_ranking"]["P@1"])
-        if setting == "random":
+        if setting == "random" and not args.no_timing:
             result["add_1000_seconds"] = time_add(folder, ds, args.repeats)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2, default=float) + "\n")
         log.info("wrote %s", RESULTS)
+
+
+def with_hidden_added(folder: Path, ds, hidden: np.ndarray):
+    """The hidden-label model with the hidden labels added back by text, and the seconds the adding took."""
+    from xmine.models import load_model
+
+    model = load_model(folder)
+    start = time.perf_counter()
+    model.add_labels([ds.label_texts[i] for i in hidden])
+    return model, time.perf_counter() - start
+
+
+def added_scores(model, ds, hidden: np.ndarray, order: np.ndarray, inv_p: np.ndarray, variant: dict[str, Any]) -> dict:
+    """The test set predicted with the variant's NewLabelsConfig, scored in the original label ids."""
+    from xmine.labels import label_state
+
+    state = label_state(model)
+    state.config = state.config.replace(**{k: v for k, v in variant.items() if k != "predict"})
+    start = time.perf_counter()
+    pred = model.predict(ds.test, k=100, scores=variant.get("predict"))
+    out = scores_of(to_original_ids(pred, order), ds, hidden, inv_p)
+    out.update({"predict_seconds": time.perf_counter() - start, "config": variant})
+    return out
+
+
+def timing(args: argparse.Namespace) -> None:
+    """Only the seconds to add 1,000 labels (to the random-hidden model), merged into the results."""
+    from xmine.utils import set_threads
+
+    set_threads(args.threads)
+    ds = load(args.dataset)
+    results = json.loads(RESULTS.read_text())
+    results[args.dataset]["add_1000_seconds"] = time_add(Path(args.work) / args.dataset / "hidden-random", ds,
+                                                         args.repeats)
+    results[args.dataset]["add_1000_threads"] = args.threads
+    RESULTS.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    log.info("%s: %s", args.dataset, results[args.dataset]["add_1000_seconds"])
 
 
 def time_add(folder: Path, ds, repeats: int) -> dict[str, float]:
@@ -240,12 +279,11 @@ def table(_: argparse.Namespace) -> None:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, res in results.items():
         for setting, entry in res["settings"].items():
-            label = f"{setting} 10% ({entry['hidden_labels']} labels)"
-            for model, key in (("retrained with all labels", "retrained"),
-                               ("added, placed by encoder rank (default)", "added_rank"),
-                               ("added, imputed source scores", "added_impute"),
-                               ("added, raw scores fused", "added_as_is"),
-                               ("added, encoder scores only", "added_encoder_only")):
+            points = entry["retrained"]["hidden_in_full_ranking"]["points"]
+            label = f"{setting} 10% ({entry['hidden_labels']} labels, {points} test points)"
+            for key, model in (("retrained", "retrained with all labels"), *VARIANT_NAMES.items()):
+                if key not in entry:
+                    continue
                 sc = entry[key]
                 h, a, o = sc["hidden_in_full_ranking"], sc["hidden_among_hidden"], sc["overall"]
                 lines.append(f"| {name} | {label} | {model} | {fmt(h['P@1'])} | {fmt(h['P@5'])} | {fmt(h['R@10'])} | "
@@ -272,18 +310,21 @@ def update_block(path: Path, name: str, text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=["train", "evaluate", "table"])
+    parser.add_argument("phase", choices=["train", "evaluate", "time", "table"])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="hpo")
     parser.add_argument("--work", default="/tmp/xmine-new-labels", help="where the trained models are kept")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="timings of adding 1,000 labels")
+    parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
+                        help="evaluate: only this way of adding (merged into the results); repeatable")
+    parser.add_argument("--no-timing", action="store_true", help="evaluate: skip timing the adding of 1,000 labels")
     parser.add_argument("--set", action="append", default=[], help="NGAME config overrides (key=value)")
     parser.add_argument("--only", action="append", default=[], help="train: only this model (full, hidden-random, "
                         "hidden-rare); evaluate: only this hidden set (random, rare); repeatable")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    {"train": train, "evaluate": evaluate_dataset, "table": table}[args.phase](args)
+    {"train": train, "evaluate": evaluate_dataset, "time": timing, "table": table}[args.phase](args)
 
 
 if __name__ == "__main__":

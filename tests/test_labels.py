@@ -198,19 +198,21 @@ def test_imputation_matches_a_plain_loop():
                 assert out[name][i, j] == pytest.approx(expect[name]), (i, j, name)
 
 
-def test_rank_placement_matches_a_plain_loop():
+@pytest.mark.parametrize("margin", [0.0, 0.3])
+def test_rank_placement_matches_a_plain_loop(margin):
     rng = np.random.default_rng(2)
     cand = rng.integers(-1, 30, size=(30, 10))
     cand[4] = np.where(cand[4] >= 0, 25 + cand[4] % 5, -1)  # new labels only: left as fused
     fused, enc = rng.normal(size=cand.shape), rng.normal(size=cand.shape).astype(np.float32)
-    out = rank_new_labels(cand, fused, enc, n_trained=25)
+    out = rank_new_labels(cand, fused, enc, n_trained=25, margin=margin)
     for i in range(cand.shape[0]):
         trained = [j for j in range(cand.shape[1]) if 0 <= cand[i, j] < 25]
         for j in range(cand.shape[1]):
             if 0 <= cand[i, j] < 25 or cand[i, j] < 0 or not trained:
                 assert out[i, j] == fused[i, j]
                 continue
-            above = sum(enc[i, t] > enc[i, j] for t in trained)
+            # the trained candidates the new label does not beat by the margin
+            above = sum(enc[i, t] > enc[i, j] - np.float32(margin) for t in trained)
             order = sorted((fused[i, t] for t in trained), reverse=True)
             # placed just above the trained candidate at fused rank `above`, or below them all
             assert sum(out[i, t] > out[i, j] for t in trained) == above
@@ -262,7 +264,9 @@ def test_cli_add_disable_enable(trained_dir, tmp_path, capsys):
     labels = tmp_path / "new.tsv"
     labels.write_text("NEW:1\tcongenital absence of the left thumb\nNEW:2\tlong description: a rare "
                       "syndrome of the skin, with scaly patches\n")
-    assert cli_main(["labels", "add", "--model", str(model_dir), "--labels", str(labels)]) == 0
+    assert cli_main(["labels", "add", "--model", str(model_dir), "--labels", str(labels), "--set",
+                     "rank_margin=0.02"]) == 0
+    assert label_state(load_model(model_dir)).config.rank_margin == 0.02  # kept with the model
     ids = tmp_path / "off.txt"
     ids.write_text("NEW:2\n3\n")
     assert cli_main(["labels", "disable", "--model", str(model_dir), "--ids", str(ids)]) == 0
@@ -276,6 +280,10 @@ def test_cli_add_disable_enable(trained_dir, tmp_path, capsys):
                              ("NEW:1\tagain\n", "already in the model"), ("", "empty")):
         labels.write_text(content)
         assert cli_main(["labels", "add", "--model", str(model_dir), "--labels", str(labels)]) == 1
+        assert problem in capsys.readouterr().err
+    labels.write_text("NEW:3\tanother label\n")
+    for setting, problem in (("rank_margin=-1", "rank_margin must be >= 0"), ("margin=1", "unknown config key")):
+        assert cli_main(["labels", "add", "--model", str(model_dir), "--labels", str(labels), "--set", setting]) == 1
         assert problem in capsys.readouterr().err
     ids.write_text("NEW:1\nNOPE\n")
     assert cli_main(["labels", "disable", "--model", str(model_dir), "--ids", str(ids)]) == 1

@@ -503,6 +503,8 @@ def cmd_labels(args: argparse.Namespace) -> int:
     from xmine.models import load_model
 
     model = load_model(args.model)
+    if getattr(args, "set", None):
+        set_new_labels_config(model, args.set)
     if args.labels_command == "add":
         texts, ids = labels.read_label_file(args.labels)
         new = labels.add_labels(model, texts, ids if any(i is not None for i in ids) else None)
@@ -522,6 +524,20 @@ def cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def set_new_labels_config(model: Any, overrides: list[str]) -> None:
+    """`xmine labels add --set key=value`: the model's NewLabelsConfig (stored with its label state)."""
+    from xmine.config import NewLabelsConfig
+    from xmine.labels import label_state
+    from xmine.models import NGAME
+
+    if not isinstance(model, NGAME):
+        raise XmineError("--set applies to NGAME models (how their added labels are scored)")
+    state = label_state(model)
+    data = state.config.to_dict()
+    _apply_overrides(data, overrides, "--set")
+    state.config = NewLabelsConfig.from_dict(data, where="--set")
+
+
 def add_labels_parser(sub: Any) -> None:
     cmd = sub.add_parser("labels", help="add labels to a trained NGAME model by text, disable or enable labels",
                          description="Change a trained model's label set without retraining (docs/new-labels.md).")
@@ -530,6 +546,9 @@ def add_labels_parser(sub: Any) -> None:
     add.add_argument("--model", required=True, help="model directory (updated in place, atomically)")
     add.add_argument("--labels", required=True, help="UTF-8 file, one label per line: `text`, or `id<TAB>text` "
                      "on every line")
+    add.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="how the model scores added labels (NewLabelsConfig, kept with the model), e.g. "
+                     "rank_margin=0.02 or scores=as_is; repeatable")
     for name, what in (("disable", "stop labels from being predicted (reversible)"),
                        ("enable", "let disabled labels be predicted again")):
         p = labels_sub.add_parser(name, help=what)

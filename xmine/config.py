@@ -457,6 +457,14 @@ class NewLabelsConfig(Params):
     ranker's untrained bias)."""
 
     scores: Literal["rank", "impute", "as_is"] = "rank"
+    # "rank": a new label is placed above a trained candidate only when its encoder score beats that candidate's
+    # by this much (the encoder is less sure of labels it never trained on; a margin keeps more trained labels on
+    # top, at some cost to the new ones)
+    rank_margin: float = 0.0
+
+    def validate(self) -> None:
+        super().validate()
+        _non_negative(self, "rank_margin")
 
 
 @dataclass

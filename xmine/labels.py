@@ -14,10 +14,11 @@ NGAME can take a new label because a label is a text embedded by the same encode
 
 Labels without training data have no neighbour votes and no ranker weights, and a learned fusion reads
 "no vote, rejected by the ranker" as evidence against a label: scored as they are, new labels would rank below
-most trained candidates. With `NewLabelsConfig.scores="impute"` (default), the sources that cannot score a new
-label (classifier, neighbours, ranker) take, per point, the scores of the trained candidate whose encoder
-score is nearest to the new label's: a new label then ranks among the trained ones where the encoder puts it.
-`scores="as_is"` keeps the raw scores (measured in bench/new_labels.py).
+most trained candidates. With `NewLabelsConfig.scores="rank"` (default), the fusion scores the trained
+candidates and each new label is placed among them where its encoder score ranks it; with "impute", the sources
+that cannot score a new label (classifier, neighbours, ranker) take, per point, the scores of the trained
+candidate whose encoder score is nearest to the new label's, then the fusion runs; "as_is" keeps the raw scores
+(all three measured in bench/new_labels.py).
 
 Disabled labels stay in the model but are removed from every prediction (from the candidates before fusion and
 from encoder-only top-k). Both operations are reversible and stored in the model directory (labels/state.json);
@@ -452,7 +453,7 @@ def fuse(model: Any, scores: dict[str, np.ndarray], candidates: np.ndarray) -> n
     state = model.__dict__.get("label_state")
     if state is None or not state.n_added or state.config.scores != "rank":
         return fused
-    return rank_new_labels(candidates, fused, scores["encoder"], state.n_trained)
+    return rank_new_labels(candidates, fused, scores["encoder"], state.n_trained, state.config.rank_margin)
 
 
 def _row_keys(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -462,15 +463,16 @@ def _row_keys(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return (values.astype(np.float64) - lo + np.arange(values.shape[0], dtype=np.float64)[:, None] * span) / span
 
 
-def rank_new_labels(candidates: np.ndarray, fused: np.ndarray, encoder: np.ndarray, n_trained: int) -> np.ndarray:
+def rank_new_labels(candidates: np.ndarray, fused: np.ndarray, encoder: np.ndarray, n_trained: int,
+                    margin: float = 0.0) -> np.ndarray:
     """Fused scores where each new label (id >= n_trained) takes the place among its point's trained candidates
-    that its encoder score gives it: with r trained candidates above it by encoder score, it is scored just
-    above the trained candidate at fused rank r (below the last one when r is all of them)."""
+    that its encoder score gives it: with r trained candidates above it by encoder score (less `margin`), it is
+    scored just above the trained candidate at fused rank r (below the last one when r is all of them)."""
     new = candidates >= n_trained
     trained = (candidates >= 0) & ~new
     if not new.any() or not trained.any():
         return fused
-    keys = _row_keys(encoder, candidates >= 0)
+    keys = _row_keys(np.where(new, encoder - np.float32(margin), encoder), candidates >= 0)
     t_keys = np.sort(keys[trained])
     rows = np.nonzero(new)[0]
     n_tr = trained.sum(1)
