@@ -123,7 +123,7 @@ def train(args: argparse.Namespace) -> None:
         seconds = time.perf_counter() - start
         model.save(out)
         meta = {"train_seconds": seconds, "hidden": None if hidden is None else hidden.tolist(),
-                "overrides": args.set, "threads": args.threads}
+                "overrides": args.set, "threads": args.threads, "config": config.to_dict()}
         (out / "bench_new_labels.json").write_text(json.dumps(meta))
         log.info("%s: trained in %.0fs", name, seconds)
 
@@ -250,6 +250,8 @@ def timing(args: argparse.Namespace) -> None:
     results[args.dataset]["add_1000_seconds"] = time_add(Path(args.work) / args.dataset / "hidden-random", ds,
                                                          args.repeats)
     results[args.dataset]["add_1000_threads"] = args.threads
+    # the machine's load while timing (1-minute load average): timings on a busy machine are longer
+    results[args.dataset]["add_1000_load_average"] = os.getloadavg()[0]
     RESULTS.write_text(json.dumps(results, indent=2, default=float) + "\n")
     log.info("%s: %s", args.dataset, results[args.dataset]["add_1000_seconds"])
 
@@ -288,11 +290,15 @@ def table(_: argparse.Namespace) -> None:
                 h, a, o = sc["hidden_in_full_ranking"], sc["hidden_among_hidden"], sc["overall"]
                 lines.append(f"| {name} | {label} | {model} | {fmt(h['P@1'])} | {fmt(h['P@5'])} | {fmt(h['R@10'])} | "
                              f"{fmt(a['P@1'])} | {fmt(a['R@10'])} | {fmt(o['P@1'])} | {fmt(o['PSP@5'])} |")
-    lines += ["", "| dataset | labels | test points | seconds to add 1,000 labels (median) | training (all labels) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| dataset | labels | test points | seconds to add 1,000 labels (median; threads; load average) "
+              "| training, all labels (under load) |", "|---|---|---|---|---|"]
     for name, res in results.items():
-        add = res.get("add_1000_seconds", {}).get("median")
-        lines.append(f"| {name} | {res['n_labels']} | {res['n_test']} | {fmt(add)} | "
+        add = res.get("add_1000_seconds", {})
+        where = ""
+        if "add_1000_load_average" in res:
+            load = res["add_1000_load_average"]
+            where = f" ({add['repeats']} runs; {res['add_1000_threads']} threads; load {load:.1f})"
+        lines.append(f"| {name} | {res['n_labels']} | {res['n_test']} | {fmt(add.get('median'))}{where} | "
                      f"{res['full_train_seconds']:.0f} s |")
     update_block(DOC, "NEWLABELS", "\n".join(lines))
     print("\n".join(lines))
