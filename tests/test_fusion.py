@@ -243,9 +243,9 @@ def test_the_regression_fitted_on_a_sample_of_pairs_ranks_like_the_one_fitted_on
 
 
 def test_fusion_fitted_in_threads_equals_the_one_fitted_in_one():
-    cand, scores, truth, inv_p = _problem(9, n=600)
+    cand, scores, truth, inv_p = _problem(9, n=300)
     unseen = np.zeros(len(cand), dtype=bool)
-    unseen[450:] = True
+    unseen[200:] = True
     fusions = {n_jobs: ScoreFusion(FusionConfig(), inv_p, ("classifier", "encoder")) for n_jobs in (1, 3)}
     reports = {n_jobs: fusion.fit_checked(scores, cand, truth, unseen, seed=1, n_jobs=n_jobs)
                for n_jobs, fusion in fusions.items()}
