@@ -32,6 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
+from threadpoolctl import threadpool_limits
 
 from xmine.config import FusionConfig
 from xmine.errors import XmineError
@@ -263,7 +264,9 @@ class ScoreFusion:
         fit_rows.append(np.ones(n_points, dtype=bool))
         bins = FeatureBins(features, self.config.tree_bins, seed=seed) if self.config.tree_bins else None
         codes = bins.codes(features) if bins is not None else None
-        with ThreadPoolExecutor(max(1, min(n_jobs, len(fit_rows)))) as pool:
+        # one BLAS / OpenMP thread per fit: the fits themselves are the parallel units (nested thread teams on
+        # two cores oversubscribe them)
+        with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, min(n_jobs, len(fit_rows)))) as pool:
             fitted = list(pool.map(lambda rows: fit_pair_models(features, valid, target, rows, self.config, seed,
                                                                 bins, codes), fit_rows))
         out_of_fold: dict[str, np.ndarray] | None = None
