@@ -53,13 +53,13 @@ MALFORMED: list[tuple[str, bytes]] = [
 ]
 
 
-def load_texts(data: str | None, model_dir: Path, n: int) -> tuple[list[str], str]:
+def load_texts(data: str | None, model_dir: Path, n: int, text_variant: str | None = None) -> tuple[list[str], str]:
     from xmine.data import load_dataset
     from xmine.demo import demo_dataset_path
     from xmine.models.base import read_model_config
 
     path = Path(data) if data else demo_dataset_path()
-    variant = read_model_config(model_dir).get("text_variant", "full")
+    variant = text_variant or read_model_config(model_dir).get("text_variant", "full")
     ds = load_dataset(path, text_variant=variant)
     texts = [t for t in ds.split("test").texts if t.strip()][:n]
     return texts, f"{path.name} test split ({variant} texts)"
@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="trained model directory")
     ap.add_argument("--data", help="dataset whose test texts are sent (default: the bundled demo dataset)")
     ap.add_argument("--texts", type=int, default=1000, help="test texts used (default 1000)")
+    ap.add_argument("--text-variant", help="which texts of --data to send (default: the model's, from config.json)")
     ap.add_argument("--soak-seconds", type=float, default=300)
     ap.add_argument("--time-cap", type=float, default=120, help="seconds per load at most")
     ap.add_argument("--out", default=str(RESULTS))
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         update_docs(markdown(json.loads(Path(args.out).read_text())))
         return 0
     model_dir = Path(args.model)
-    texts, source = load_texts(args.data, model_dir, args.texts)
+    texts, source = load_texts(args.data, model_dir, args.texts, args.text_variant)
     print(f"{len(texts)} texts from {source}", flush=True)
     offline, expected = offline_baseline(model_dir, texts)
     print(f"offline batched predict_labels: {offline:.1f} texts/s", flush=True)
