@@ -124,12 +124,11 @@ def test_two_gloo_processes_match_one_process_and_resume_with_one(small_hpo, tin
     assert np.allclose([e["loss"] for e in two], ref[:2], rtol=1e-3)
     assert ref[-1] < ref[0]  # and it learns
 
-    # the 2-process checkpoint (rank 0 wrote it; it holds no per-rank state) resumes in one process
-    resumed = NGAME.train(ds, _config(tiny_model_dir, epochs=4), out_dir=tmp_path / "two", resume=True,
+    # the 2-process checkpoint (rank 0 wrote it; it holds no per-rank state) loads in one process with the same
+    # configuration (a resume with other hyper-parameters, e.g. more epochs, is refused by the fingerprint)
+    resumed = NGAME.train(ds, _config(tiny_model_dir, epochs=2), out_dir=tmp_path / "two", resume=True,
                           progress=False)
-    assert [e["epoch"] for e in resumed.history["stage1"]] == [0, 1, 2, 3]
-    assert resumed.history["stage1"][:2] == two  # epochs 0 and 1 come from the checkpoint, not a re-run
-    assert np.allclose([e["loss"] for e in resumed.history["stage1"]], ref, rtol=1e-3)
+    assert resumed.history["stage1"] == two  # epochs 0 and 1 come from the checkpoint, not a re-run
 
 
 @pytest.mark.slow  # torchrun starts two processes that each import torch
