@@ -100,7 +100,7 @@ class Server:
 def server(knn_dir):
     srv = Server(knn_dir, "--max-texts-per-request", str(MAX_TEXTS), "--max-chars-per-text", str(MAX_CHARS),
                  "--max-body-bytes", str(MAX_BODY), "--max-concurrent-requests", str(MAX_CONCURRENT),
-                 "--max-wait-ms", "20")
+                 "--max-wait-ms", "20", "--threads", "1")
     yield srv
     srv.stop()
 
@@ -280,6 +280,7 @@ def test_health_info_metrics_and_openapi(server, knn_dir, model):
     assert info["method"] == "knn" and info["n_labels"] == model.n_labels and info["has_label_texts"]
     assert info["model_dir"] == str(knn_dir.resolve()) and info["ready"]
     assert info["limits"]["max_texts_per_request"] == MAX_TEXTS and info["limits"]["max_k"] == model.n_labels
+    assert info["batching"] == {"max_batch_texts": 64, "max_wait_ms": 20.0, "threads": 1}
     post(server.url, {"inputs": ["x"], "k": 1})
     metrics = httpx.get(server.url + "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
@@ -406,5 +407,7 @@ def test_scores_sort_with_ties_broken_by_id():
 def test_serve_refuses_bad_settings_and_missing_models_before_starting(knn_dir, tmp_path, capsys):
     code, _, err = run_cli(capsys, "serve", "--model", str(knn_dir), "--max-batch-texts", "0")
     assert code == 1 and "max_batch_texts must be >= 1" in err
+    code, _, err = run_cli(capsys, "serve", "--model", str(knn_dir), "--threads", "0")
+    assert code == 1 and "serve.threads must be >= 1, got 0" in err
     code, _, err = run_cli(capsys, "serve", "--model", str(tmp_path / "nope"))
     assert code == 1 and "not a model directory" in err
