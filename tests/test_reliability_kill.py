@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from xmine.config import KNNConfig, RankerConfig
+from xmine.config import FusionConfig, KNNConfig, RankerConfig
 from xmine.data import load_dataset
 from xmine.errors import ModelError
 from xmine.models import NGAME, TfidfKNN, load_model
@@ -187,7 +187,9 @@ def test_stage2_crashed_and_resumed_is_bit_identical(small_hpo, tiny_model_dir, 
     import xmine.training.loop as classifier_training  # the training loops write their checkpoints there
 
     ds = load_dataset(small_hpo)
-    config = tiny_ngame_config(tiny_model_dir, ranker=RankerConfig(enabled=False), stages=[2])
+    # the fixed fusion needs no fit: what is under test is the classifier loop's checkpoint
+    config = tiny_ngame_config(tiny_model_dir, ranker=RankerConfig(enabled=False), stages=[2],
+                               fusion=FusionConfig(kind="fixed"))
     config = config.replace(classifier=config.classifier.replace(epochs=3))
     train = {"init_from": tiny_ngame_dir, "progress": False}
     whole = NGAME.train(ds, config, out_dir=tmp_path / "a", **train)
@@ -217,6 +219,7 @@ def test_stage2_killed_by_sigkill_and_resumed_from_the_cli_is_bit_identical(smal
     _same_ngame(load_model(tmp_path / "a"), load_model(tmp_path / "b"), load_dataset(small_hpo))
 
 
+@pytest.mark.slow  # the NGAME stage-2 test above covers the shared training loop's resume in the default run
 def test_mips_crashed_and_resumed_is_bit_identical(small_hpo, tiny_model_dir, tmp_path, monkeypatch):
     import xmine.training.loop as classifier_training  # the training loops write their checkpoints there
     from xmine.config import ClassifierConfig, EncoderConfig, MIPSConfig, MIPSMethodConfig
@@ -235,6 +238,7 @@ def test_mips_crashed_and_resumed_is_bit_identical(small_hpo, tiny_model_dir, tm
     assert torch.equal(whole.classifiers.weight, resumed.classifiers.weight)
 
 
+@pytest.mark.slow  # the fingerprint's comparison itself is tested fast below
 def test_resume_refuses_another_dataset_and_changed_hyper_parameters(small_hpo, tiny_model_dir, tmp_path):
     from test_reliability import tiny_ngame_config
 
