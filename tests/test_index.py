@@ -85,6 +85,31 @@ def test_save_load_same_results(tmp_path):
     assert np.array_equal(index.search(queries, 5)[1], loaded.search(queries, 5)[1])
 
 
+def test_an_exact_index_saved_without_its_vectors_is_rebuilt_from_the_owners_copy(tmp_path):
+    """The owner (label embeddings, classifier weights) saves the vectors; the exact index is not stored twice."""
+    from xmine.errors import ModelError
+
+    rng = np.random.default_rng(6)
+    vectors, queries = _unit(rng, 500, 16), _unit(rng, 20, 16)
+    exact = LabelIndex.build(vectors, IndexConfig(kind="exact"))
+    exact.save(tmp_path / "exact", vectors_saved_by_owner=True)
+    assert not (tmp_path / "exact" / "index.faiss").exists()
+    loaded = LabelIndex.load(tmp_path / "exact", 16, 500, vectors=vectors)
+    for a, b in zip(exact.search(queries, 7), loaded.search(queries, 7), strict=True):
+        assert np.array_equal(a, b)
+    with pytest.raises(ModelError, match="index.json: the index is rebuilt from its owner's vectors"):
+        LabelIndex.load(tmp_path / "exact", 16, 500)
+    with pytest.raises(ModelError, match=r"shape \(499, 16\), expected \(500, 16\)"):
+        LabelIndex.load(tmp_path / "exact", 16, 500, vectors=vectors[:499])
+    # an index that is more than its vectors (a graph, lists, fp16 codes) is written whatever the flag says
+    for config in (IndexConfig(kind="hnsw", exact_below=0), IndexConfig(kind="exact", storage="float16")):
+        index = LabelIndex.build(vectors, config)
+        index.save(tmp_path / config.kind / config.storage, vectors_saved_by_owner=True)
+        assert (tmp_path / config.kind / config.storage / "index.faiss").exists()
+        again = LabelIndex.load(tmp_path / config.kind / config.storage)
+        assert np.array_equal(index.search(queries, 5)[1], again.search(queries, 5)[1])
+
+
 def test_bad_queries_raise_clear_errors():
     index = LabelIndex.build(np.eye(4, dtype=np.float32))
     with pytest.raises(XmineError, match="dimension 3 does not match the index dimension 4"):

@@ -132,17 +132,24 @@ class LabelIndex:
             return faiss.SearchParametersIVF(nprobe=int(nprobe))
         return None  # exact search, or nothing overridden
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, vectors_saved_by_owner: bool = False) -> None:
+        """Writes index.json and index.faiss. With `vectors_saved_by_owner` (the caller saves the very vectors the
+        index was built from, e.g. the label embeddings), an exact float32 index writes no index.faiss: it is its
+        vectors, and `load(..., vectors=...)` rebuilds it from the owner's copy instead of storing them twice."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / "index.faiss", lambda tmp: faiss.write_index(self._index, tmp))
-        meta = {"kind": self.kind, "config": self.config.to_dict()}
+        from_owner = vectors_saved_by_owner and self._flat_vectors() is not None
+        if not from_owner:
+            atomic_write(directory / "index.faiss", lambda tmp: faiss.write_index(self._index, tmp))
+        meta = {"kind": self.kind, "config": self.config.to_dict(),
+                "vectors": VECTORS_FROM_OWNER if from_owner else "index.faiss"}
         atomic_write_text(directory / "index.json", json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path, dim: int | None = None, n_vectors: int | None = None,
-             component: str = "index") -> LabelIndex:
-        """The index saved in `directory`; `dim` and `n_vectors`, when given, must match."""
+             component: str = "index", vectors: np.ndarray | None = None) -> LabelIndex:
+        """The index saved in `directory`; `dim` and `n_vectors`, when given, must match. `vectors`: the owner's
+        copy of the indexed vectors, from which an index saved with `vectors_saved_by_owner` is rebuilt."""
         directory = Path(directory)
         meta_path = directory / "index.json"
         meta = load_json(meta_path, component)
@@ -153,12 +160,40 @@ class LabelIndex:
             config = IndexConfig.from_dict(json_field(meta, "config", component, meta_path, dict))
         except XmineError as exc:
             raise model_error(component, meta_path, str(exc)) from None
-        index = read_faiss_index(directory / "index.faiss", component, dim, n_vectors)
+        source = meta.get("vectors", "index.faiss")
+        if source == VECTORS_FROM_OWNER:
+            index = _flat_index_of(vectors, kind, config, component, meta_path, dim, n_vectors)
+        elif source == "index.faiss":
+            index = read_faiss_index(directory / "index.faiss", component, dim, n_vectors)
+        else:
+            raise model_error(component, meta_path, f"unknown source of the index's vectors {source!r}")
         if kind == "hnsw":
             if not hasattr(index, "hnsw"):
                 raise model_error(component, directory / "index.faiss", "index.json says hnsw, the file is not")
             index.hnsw.efSearch = config.ef_search
         return cls(index, config, kind)
+
+
+# index.json's "vectors" when the index is rebuilt from the vectors its owner saved (see LabelIndex.save)
+VECTORS_FROM_OWNER = "owner"
+
+
+def _flat_index_of(vectors: np.ndarray | None, kind: str, config: IndexConfig, component: str, meta_path: Path,
+                   dim: int | None, n_vectors: int | None) -> faiss.Index:
+    """The exact float32 index over the owner's `vectors` (as `LabelIndex.build` makes it)."""
+    if kind != "exact" or config.storage != "float32":
+        raise model_error(component, meta_path, f"only an exact float32 index is rebuilt from its owner's vectors, "
+                                                f"this one is {kind} ({config.storage})")
+    if vectors is None:
+        raise model_error(component, meta_path, "the index is rebuilt from its owner's vectors, and none were given")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or (dim is not None and vectors.shape[1] != dim) or \
+            (n_vectors is not None and vectors.shape[0] != n_vectors):
+        raise model_error(component, meta_path, f"the owner's vectors have shape {vectors.shape}, expected "
+                                                f"({n_vectors}, {dim})")
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    return index
 
 
 def _flat_search(queries: np.ndarray, vectors: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray,

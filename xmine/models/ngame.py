@@ -587,12 +587,12 @@ class NGAME(XMCModel):
 
     def _save_label_embeddings(self, directory: Path) -> None:
         atomic_save_npy(directory / "embeddings.npy", self.label_embeddings)
-        self.label_index.save(directory / "index")
+        self.label_index.save(directory / "index", vectors_saved_by_owner=True)
 
     def _save_classifiers(self, directory: Path) -> None:
         self.classifiers.save(directory)
-        if self.classifier_index is not None:
-            self.classifier_index.save(directory / "index")
+        if self.classifier_index is not None:  # built from the dense classifier weights saved just above
+            self.classifier_index.save(directory / "index", vectors_saved_by_owner=True)
 
     def _model_meta(self) -> dict[str, Any]:
         return {"stages_trained": [1] + ([2] if self.classifiers is not None else [])}
@@ -608,7 +608,7 @@ class NGAME(XMCModel):
         label_embeddings = load_npy(directory / "label_embeddings" / "embeddings.npy", "label_embeddings",
                                     shape=(n_labels, encoder.dim), mmap=True)
         label_index = LabelIndex.load(directory / "label_embeddings" / "index", encoder.dim, n_labels,
-                                      component="label_embeddings")
+                                      component="label_embeddings", vectors=label_embeddings)
         knn = classifiers = classifier_index = fusion = ranker = None
         if 2 in stages:
             knn = TfidfKNN._read_components(directory / "tfidf")
@@ -617,7 +617,8 @@ class NGAME(XMCModel):
             classifiers = LabelClassifiers.load(directory / "classifiers", n_labels, encoder.dim)
             if classifiers.weight is not None:
                 classifier_index = LabelIndex.load(directory / "classifiers" / "index", encoder.dim, n_labels,
-                                                   component="classifiers")
+                                                   component="classifiers",
+                                                   vectors=classifiers.weight.detach().numpy())
             fusion = ScoreFusion.load(directory / "fusion", n_labels)
             if config.ranker.enabled:
                 ranker = SparseRanker.load(directory / "ranker", n_labels)
