@@ -342,10 +342,13 @@ def summary(results: list[dict]) -> str:
 def short_summary(results: list[dict]) -> str:
     """README.md's five rows: per dataset, NGAME (fused) against the best peer result on each metric, over every
     peer row (the peers on their standard features and, where run, on xmine's features)."""
-    lines = ["| dataset | xmine NGAME P@1 / PSP@5 | best peer P@1 / PSP@5 | verdict |", "|---|---|---|---|"]
+    lines = ["| dataset | xmine NGAME P@1 / PSP@5 | best peer P@1 / PSP@5 | verdict | NGAME train s (x PECOS) | "
+             "NGAME predict texts/s (x PECOS) |", "|---|---|---|---|---|---|"]
     for key in dict.fromkeys(r["dataset_key"] for r in results):
         rows = [r for r in results if r["dataset_key"] == key]
-        ngame = next((r["metrics"]["fused"] for r in rows if r["label"] == "NGAME" and "fused" in r["metrics"]), None)
+        run = next((r for r in rows if r["label"] == "NGAME" and "fused" in r["metrics"]), None)
+        ngame = run["metrics"]["fused"] if run else None
+        pecos = next((r for r in rows if r.get("method") == "pecos" and r["label"] == PEERS[0][1]), None)
         peers = [(r["label"], r["metrics"]["model"]) for r in rows if r.get("package")]
         if ngame is None or not peers:
             continue
@@ -354,7 +357,9 @@ def short_summary(results: list[dict]) -> str:
         best = f"{p1.split(' ', 1)[0]} / {psp}" if same_peer else f"{p1} / {psp}"
         labels = next((r["n_labels"] for r in rows if r.get("n_labels")), None)
         name = f"{key} ({labels:,} labels)" if labels else key
-        lines.append(f"| {name} | {ngame['P@1']:.2f} / {ngame['PSP@5']:.2f} | {best} | {verdict} |")
+        cost = (f"{_seconds(run['train_seconds'])}{_ratio(run, pecos, 'train_seconds')} | "
+                f"{run.get('predict_points_per_s', 0):.0f}{_ratio(run, pecos, 'predict_points_per_s')}")
+        lines.append(f"| {name} | {ngame['P@1']:.2f} / {ngame['PSP@5']:.2f} | {best} | {verdict} | {cost} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
