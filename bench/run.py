@@ -147,8 +147,9 @@ def run_peers(key: str, data: Path, variant: str, out_dir: Path, force: bool, th
                  "--lead-channel", lead, "--out", repo_relative(feats)], out_dir / f"{key}__features{suffix}.log")
         if lead != "off" and not json.loads((feats / "meta.json").read_text()).get("lead_words"):
             continue
-        if not PEERS_PY.exists():
-            print("  peers skipped: run bash bench/setup_peers.sh first", flush=True)
+        if not PEERS_PY.exists():  # the tables keep the peers' stored results, if any
+            print("  peers not run (bash bench/setup_peers.sh first): their stored results are used", flush=True)
+            results += [{**json.loads(out.read_text()), "dataset_key": key} for out in outs if out.exists()]
             continue
         results += run_peers_on(key, data, variant, out_dir, feats, suffix, force, threads)
     return results
