@@ -109,46 +109,36 @@ def _build_and_time(result: dict, name: str, build, queries: np.ndarray  # noqa:
     return _time_index(result, name, index, queries)
 
 
-def measure(n_labels: int, index_only: bool) -> dict:
-    """One L, in this process."""
+def _classifier_steps(result: dict, n_labels: int, labels: np.ndarray, points: np.ndarray,
+                      positives: list[np.ndarray]):
+    """A short classifier training run, as training does it (`dense_optimizers`), twice: dense Adam over all L
+    rows (the default) and row-sparse updates (`classifier.row_sparse_updates`, SparseAdam over the rows a batch
+    scored). 20 steps of batch 256; candidates = positives + 100 sampled labels (the shortlist search is timed
+    with the indexes); sparse part 20 features per point. Returns the label matrix (the MIPS sampler uses it)."""
     import scipy.sparse as sp
     import torch
 
     from xmine.classifiers import LabelClassifiers
-    from xmine.config import ClassifierConfig, IndexConfig
-    from xmine.index import LabelIndex
+    from xmine.config import ClassifierConfig
     from xmine.losses import build_shortlist_loss
-    from xmine.mining import MIPSNegativeSampler
-    from xmine.training.classifiers import positive_candidates
-    from xmine.utils import peak_rss_mb, set_threads
+    from xmine.training.classifiers import dense_optimizers, positive_candidates
 
-    set_threads(2)
-    t0 = time.perf_counter()
-    labels, points, positives = generate(n_labels, N_POINTS)
-    result: dict = {"labels": n_labels, "points": N_POINTS, "dim": DIM, "generate_s": time.perf_counter() - t0}
-    queries = points[:N_QUERIES]
-    exact = LabelIndex.build(labels, IndexConfig(kind="exact"))
-    ref = _time_index(result, "exact", exact, queries, shortlist=False)[0]
-    for name, config in (("hnsw", IndexConfig(kind="hnsw", M=32, ef_construction=100, ef_search=100, exact_below=0)),
-                         ("ivfpq", IndexConfig(kind="ivfpq", pq_bytes=48, nprobe=64, exact_below=0))):
-        ids = _build_and_time(result, name, lambda config=config: LabelIndex.build(labels, config), queries)
-        _record_recall(result, name, ids, ref)
-    if not index_only:
-        # a short training run: 20 steps of batch 256; candidates = positives + 100 sampled labels (the shortlist
-        # search is timed above as an index query), sparse part 20 features per point
-        batch, n_steps = 256, 20
-        clf = LabelClassifiers(n_labels, DIM, "dense+sparse", 1 << 22)
+    rng = np.random.default_rng(0)
+    # 20 TF-IDF-like features per point out of 50,000 (sp.random would materialise a permutation of n*m)
+    feats = sp.csr_matrix((rng.random(N_POINTS * 20, dtype=np.float32), rng.integers(0, 50_000, N_POINTS * 20),
+                           np.arange(0, N_POINTS * 20 + 1, 20)), shape=(N_POINTS, 50_000))
+    feats.sum_duplicates()
+    y = sp.csr_matrix((np.ones(sum(len(q) for q in positives)), np.concatenate(positives),
+                       np.cumsum([0] + [len(q) for q in positives])), shape=(N_POINTS, n_labels))
+    y.sum_duplicates()
+    batch, n_steps = 256, 20
+    for key, row_sparse in (("classifier_step_ms", False), ("classifier_step_row_sparse_ms", True)):
+        config = ClassifierConfig(row_sparse_updates=row_sparse)
+        clf = LabelClassifiers(n_labels, DIM, "dense+sparse", 1 << 22, sparse_grad=row_sparse)
         clf.init_dense(labels)
-        opt = torch.optim.Adam(clf.dense_parameters(), lr=1e-2)
-        sopt = torch.optim.Adagrad(clf.sparse_parameters(), lr=0.5)
-        rng = np.random.default_rng(0)
-        # 20 TF-IDF-like features per point out of 50,000 (sp.random would materialise a permutation of n*m)
-        feats = sp.csr_matrix((rng.random(N_POINTS * 20, dtype=np.float32), rng.integers(0, 50_000, N_POINTS * 20),
-                               np.arange(0, N_POINTS * 20 + 1, 20)), shape=(N_POINTS, 50_000))
-        feats.sum_duplicates()
-        y = sp.csr_matrix((np.ones(sum(len(q) for q in positives)), np.concatenate(positives),
-                           np.cumsum([0] + [len(q) for q in positives])), shape=(N_POINTS, n_labels))
-        y.sum_duplicates()
+        optimizers = dense_optimizers(clf, config) + [
+            torch.optim.Adagrad(clf.sparse_parameters(), lr=config.lr_sparse, fused=True)]
+        loss_fn = build_shortlist_loss(config)
         times = []
         for step in range(n_steps):
             rows = np.arange(step * batch, (step + 1) * batch) % N_POINTS
@@ -158,15 +148,44 @@ def measure(n_labels: int, index_only: bool) -> dict:
             is_pos = torch.zeros(cand.shape, dtype=torch.bool)
             is_pos[:, :pc.shape[1]] = torch.from_numpy(pc >= 0)
             scores = clf.score(torch.from_numpy(points[rows]), feats[rows], cand)
-            loss = build_shortlist_loss(ClassifierConfig())(scores, is_pos, torch.from_numpy(cand >= 0))
-            opt.zero_grad()
-            sopt.zero_grad()
+            loss = loss_fn(scores, is_pos, torch.from_numpy(cand >= 0))
+            for opt in optimizers:
+                opt.zero_grad()
             loss.backward()
-            opt.step()
-            sopt.step()
+            for opt in optimizers:
+                opt.step()
             times.append(time.perf_counter() - t0)
-        result["classifier_step_ms"] = 1000 * float(np.median(times[1:]))
-        result["classifier_points_per_s"] = batch / float(np.median(times[1:]))
+        result[key] = 1000 * float(np.median(times[1:]))
+        if not row_sparse:
+            result["classifier_points_per_s"] = batch / float(np.median(times[1:]))
+        del clf, optimizers
+    return y
+
+
+def measure(n_labels: int, index_only: bool, classifier_only: bool = False) -> dict:
+    """One L, in this process."""
+    from xmine.config import IndexConfig
+    from xmine.index import LabelIndex
+    from xmine.mining import MIPSNegativeSampler
+    from xmine.utils import peak_rss_mb, set_threads
+
+    set_threads(2)
+    t0 = time.perf_counter()
+    labels, points, positives = generate(n_labels, N_POINTS)
+    result: dict = {"labels": n_labels, "points": N_POINTS, "dim": DIM, "generate_s": time.perf_counter() - t0}
+    if classifier_only:
+        _classifier_steps(result, n_labels, labels, points, positives)
+        return result
+    queries = points[:N_QUERIES]
+    exact = LabelIndex.build(labels, IndexConfig(kind="exact"))
+    ref = _time_index(result, "exact", exact, queries, shortlist=False)[0]
+    for name, config in (("hnsw", IndexConfig(kind="hnsw", M=32, ef_construction=100, ef_search=100, exact_below=0)),
+                         ("ivfpq", IndexConfig(kind="ivfpq", pq_bytes=48, nprobe=64, exact_below=0))):
+        ids = _build_and_time(result, name, lambda config=config: LabelIndex.build(labels, config), queries)
+        _record_recall(result, name, ids, ref)
+    if not index_only:
+        y = _classifier_steps(result, n_labels, labels, points, positives)
+        batch = 256
         sampler = MIPSNegativeSampler(n_labels, 5, 200, IndexConfig(kind="ivf", nprobe=16, exact_below=0))
         t0 = time.perf_counter()
         sampler.rebuild(labels)
@@ -215,15 +234,15 @@ def measure_streaming(n_labels: int) -> dict:
 
 QUERY_KEYS = (("exact_query_ms", "exact query"), ("hnsw_query_ms", "HNSW query"), ("ivfpq_query_ms", "IVF-PQ query"),
               ("classifier_step_ms", "classifier step (batch 256)"),
+              ("classifier_step_row_sparse_ms", "classifier step, row-sparse updates"),
               ("mips_sample_ms_per_batch", "MIPS sample (batch 256)"))
 BUILD_KEYS = (("hnsw_build_s", "HNSW build (s)"), ("ivfpq_build_s", "IVF-PQ build (s)"),
               ("mips_rebuild_s", "MIPS IVF rebuild (s)"), ("exact_mib", "exact index (MiB)"),
               ("hnsw_mib", "HNSW index (MiB)"), ("ivfpq_mib", "IVF-PQ index (MiB)"), ("peak_rss_mb", "peak RSS (MiB)"))
 TABLE_KEYS = ["labels", "exact_query_ms", "hnsw_build_s", "hnsw_query_ms", "hnsw_latency_p50_ms", "hnsw_recall@10",
               "ivfpq_build_s", "ivfpq_query_ms", "ivfpq_recall@10", "ivfpq_recall10@100", "exact_mib", "hnsw_mib",
-              "ivfpq_mib",
-              "classifier_step_ms", "classifier_points_per_s", "mips_rebuild_s", "mips_sample_ms_per_batch",
-              "peak_rss_mb"]
+              "ivfpq_mib", "classifier_step_ms", "classifier_step_row_sparse_ms", "classifier_points_per_s",
+              "mips_rebuild_s", "mips_sample_ms_per_batch", "peak_rss_mb"]
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -261,6 +280,8 @@ def main() -> None:
     parser.add_argument("--labels", type=int, nargs="+")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--index-only", action="store_true", help="indexes only, no classifier/MIPS steps")
+    parser.add_argument("--classifier-only", action="store_true",
+                        help="re-measure only the classifier steps; the saved index columns of each L are kept")
     parser.add_argument("--stream", action="store_true",
                         help="IVF-PQ over vectors generated chunk by chunk (for 1e7); adds to the saved results")
     parser.add_argument("--update-readme", action="store_true",
@@ -269,7 +290,8 @@ def main() -> None:
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one L in this process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure_streaming(args.one) if args.stream else measure(args.one, args.index_only)))
+        print(json.dumps(measure_streaming(args.one) if args.stream else
+                         measure(args.one, args.index_only, args.classifier_only)))
         return
     out = BENCH / "results"
     out.mkdir(exist_ok=True)
@@ -279,13 +301,20 @@ def main() -> None:
     results = [r for r in saved if (r["labels"], r.get("streamed", False)) not in {(n, args.stream) for n in sizes}]
     for n in sizes:
         cmd = [sys.executable, "-m", "bench.scale", "--one", str(n)] + (["--index-only"] if args.index_only else []) + \
-            (["--stream"] if args.stream else [])
+            (["--stream"] if args.stream else []) + (["--classifier-only"] if args.classifier_only else [])
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if proc.returncode != 0:
             print(f"L={n} failed:\n{proc.stderr[-2000:]}")
             continue
-        results.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": time.perf_counter() - t0})
+        measured = json.loads(proc.stdout.strip().splitlines()[-1])
+        if args.classifier_only:  # into the saved row of this L: its other columns stay
+            row = next((r for r in saved if r["labels"] == n and not r.get("streamed")), {})
+            measured = {**row, **{k: v for k, v in measured.items() if k.startswith("classifier_")},
+                        "classifier_measured": time.strftime("%Y-%m-%d")}
+            results.append(measured)
+        else:
+            results.append({**measured, "wall_s": time.perf_counter() - t0})
         print(json.dumps(results[-1]), flush=True)
     results.sort(key=lambda r: (r["labels"], r.get("streamed", False)))
     lines = ["| " + " | ".join(TABLE_KEYS) + " |", "|" + "---|" * len(TABLE_KEYS)]
@@ -293,6 +322,7 @@ def main() -> None:
         lines.append("| " + " | ".join(f"{r[k]:.4g}" if k in r else "" for k in TABLE_KEYS) + " |")
     laws = {k: slope([r for r in results if not r.get("streamed")], k)
             for k in ("exact_query_ms", "hnsw_query_ms", "ivfpq_query_ms", "hnsw_build_s", "classifier_step_ms",
+                      "classifier_step_row_sparse_ms",
                       "mips_sample_ms_per_batch", "peak_rss_mb")}
     lines.append("")
     lines.append("Log-log slopes over L = " + ", ".join(f"{r['labels']:.0e}" for r in results if not r.get("streamed"))
