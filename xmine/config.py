@@ -387,9 +387,10 @@ class FusionConfig(Params):
     # the regression is fitted on at most this many of the held-out candidate pairs (0: all): every positive up to
     # half of them, the rest a uniform sample of the negatives (the tree sees them all: see fusion.fit_pair_models)
     fit_pairs: int = 100_000
-    # the tree is fitted on each feature's quantile bin (this many bins; 0: on the values themselves): far cheaper,
-    # and its splits, mapped back to values, fall between the same pairs up to the bins' resolution
-    tree_bins: int = 255
+    # >0: the tree is fitted on each feature's quantile bin (this many bins), far cheaper, its splits mapped back to
+    # values; 0 (default): on the values themselves. Binning moved test P@1 by dataset (debian titles lower beyond
+    # the seed spread, HPO higher): docs/cost.md
+    tree_bins: int = 0
     holdout_points: int = 2000
     # of the held-out points, this many are kept out of stage 1 as well. An encoder that memorised its training
     # points scores the other held-out points too well (Bibtex: held-out nDCG@5 97.7, test 58.0), and a fusion
