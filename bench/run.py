@@ -271,6 +271,7 @@ def pareto_plot(results: list[dict], path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     keys = [k for k in dict.fromkeys(r["dataset_key"] for r in results)]
     if not keys:
@@ -289,6 +290,7 @@ def pareto_plot(results: list[dict], path: Path) -> bool:
                 ax.scatter(r["train_seconds"], r["metrics"][kind][metric], marker=marker, s=36,
                            color="tab:gray" if peer else "tab:blue", label=label)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow span labels its minor ticks, overlapping
             ax.grid(True, alpha=0.3)
             if row_i == 0:
                 ax.set_title(key)

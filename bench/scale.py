@@ -314,7 +314,7 @@ def main() -> None:
                         "classifier_measured": time.strftime("%Y-%m-%d")}
             results.append(measured)
         else:
-            results.append({**measured, "wall_s": time.perf_counter() - t0})
+            results.append({**measured, "wall_s": time.perf_counter() - t0, "measured": dt.date.today().isoformat()})
         print(json.dumps(results[-1]), flush=True)
     results.sort(key=lambda r: (r["labels"], r.get("streamed", False)))
     lines = ["| " + " | ".join(TABLE_KEYS) + " |", "|" + "---|" * len(TABLE_KEYS)]
@@ -329,7 +329,11 @@ def main() -> None:
                  + " (cost ~ L^slope): " + ", ".join(f"{k} {v:.2f}" for k, v in laws.items() if v is not None))
     lines.append("")
     lines.append("![cost vs number of labels](../bench/results/scale.png)")
-    lines.insert(0, f"Measured {dt.date.today().isoformat()} on {os.cpu_count()} CPU cores "
+    dates = sorted({r["measured"] for r in results if r.get("measured")}) or [dt.date.today().isoformat()]
+    clf_dates = sorted({r["classifier_measured"] for r in results if r.get("classifier_measured")})
+    when = " and ".join(dates) + (f" (classifier step columns {', '.join(clf_dates)}, `--classifier-only`)"
+                                  if clf_dates else "")
+    lines.insert(0, f"Measured {when} on {os.cpu_count()} CPU cores "
                     f"({platform.machine()}), 2 threads, each L in its own process, with `python -m bench.scale` "
                     "(and `--labels 10000000 --stream` for the last row). Times in ms per query (batch of "
                     f"{N_QUERIES} queries) or per training step (batch 256); `_mib` columns: index size; recall "
