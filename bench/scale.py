@@ -111,7 +111,7 @@ def _build_and_time(result: dict, name: str, build, queries: np.ndarray  # noqa:
 
 def _classifier_steps(result: dict, n_labels: int, labels: np.ndarray, points: np.ndarray,
                       positives: list[np.ndarray]):
-    """A short classifier training run, as training does it (`dense_optimizers`), twice: dense Adam over all L
+    """A short classifier training run, as training does it (`classifier_optimizers`), twice: dense Adam over all L
     rows (the default) and row-sparse updates (`classifier.row_sparse_updates`, SparseAdam over the rows a batch
     scored). 20 steps of batch 256; candidates = positives + 100 sampled labels (the shortlist search is timed
     with the indexes); sparse part 20 features per point. Returns the label matrix (the MIPS sampler uses it)."""
@@ -121,7 +121,7 @@ def _classifier_steps(result: dict, n_labels: int, labels: np.ndarray, points: n
     from xmine.classifiers import LabelClassifiers
     from xmine.config import ClassifierConfig
     from xmine.losses import build_shortlist_loss
-    from xmine.training.classifiers import dense_optimizers, positive_candidates
+    from xmine.training.classifiers import classifier_optimizers, positive_candidates
 
     rng = np.random.default_rng(0)
     # 20 TF-IDF-like features per point out of 50,000 (sp.random would materialise a permutation of n*m)
@@ -136,8 +136,7 @@ def _classifier_steps(result: dict, n_labels: int, labels: np.ndarray, points: n
         config = ClassifierConfig(row_sparse_updates=row_sparse)
         clf = LabelClassifiers(n_labels, DIM, "dense+sparse", 1 << 22, sparse_grad=row_sparse)
         clf.init_dense(labels)
-        optimizers = dense_optimizers(clf, config) + [
-            torch.optim.Adagrad(clf.sparse_parameters(), lr=config.lr_sparse, fused=True)]
+        optimizers = classifier_optimizers(clf, config)
         loss_fn = build_shortlist_loss(config)
         times = []
         for step in range(n_steps):

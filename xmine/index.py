@@ -191,7 +191,7 @@ def _flat_index_of(vectors: np.ndarray | None, kind: str, config: IndexConfig, c
             (n_vectors is not None and vectors.shape[0] != n_vectors):
         raise model_error(component, meta_path, f"the owner's vectors have shape {vectors.shape}, expected "
                                                 f"({n_vectors}, {dim})")
-    index = faiss.IndexFlatIP(vectors.shape[1])
+    index = _empty_index(kind, vectors.shape[1], vectors.shape[0], config)
     index.add(vectors)
     return index
 

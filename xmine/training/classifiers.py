@@ -28,7 +28,7 @@ from xmine.losses import build_shortlist_loss
 from xmine.mining.mips import remove_positives_and_duplicates
 from xmine.topk import csr_rows_to_ids
 from xmine.training.checkpoint import generator_states, restore_generators
-from xmine.training.loop import EpochCheckpoints, History
+from xmine.training.loop import EpochCheckpoints, History, optimizer_states, restore_optimizers
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,14 @@ def dense_optimizers(classifiers: LabelClassifiers, config: ClassifierConfig) ->
             torch.optim.Adam([classifiers.bias], lr=config.lr, fused=True)]
 
 
+def classifier_optimizers(classifiers: LabelClassifiers, config: ClassifierConfig) -> list[torch.optim.Optimizer]:
+    """`dense_optimizers`, then Adagrad over the hashed sparse weights where the classifiers have them."""
+    optimizers = dense_optimizers(classifiers, config)
+    if classifiers.use_sparse:
+        optimizers.append(torch.optim.Adagrad(classifiers.sparse_parameters(), lr=config.lr_sparse, fused=True))
+    return optimizers
+
+
 def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, config: ClassifierConfig,
                       negatives: NegativeFn, embeddings: np.ndarray | None = None,
                       sparse_features: sp.csr_matrix | None = None, encoder: Encoder | None = None,
@@ -117,9 +125,7 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
     if trainable_encoder and distributed.needs_dense_gradients():
         encoder.use_dense_gradients()
     model = distributed.wrap(ClassifierStep(classifiers, encoder if trainable_encoder else None))
-    optimizers: list[torch.optim.Optimizer] = dense_optimizers(classifiers, config)
-    if classifiers.use_sparse:
-        optimizers.append(torch.optim.Adagrad(classifiers.sparse_parameters(), lr=config.lr_sparse, fused=True))
+    optimizers = classifier_optimizers(classifiers, config)
     if trainable_encoder:
         # the encoder learns slower than the freshly initialised classifiers
         optimizers += encoder.make_optimizers(config.lr / 10, config.lr / 20)
@@ -129,8 +135,7 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
     if loaded is not None:
         tensors, meta = loaded
         classifiers.load_state_dict(tensors["classifiers"])
-        for opt, opt_state in zip(optimizers, tensors["optimizers"], strict=True):
-            opt.load_state_dict(opt_state)
+        restore_optimizers(optimizers, tensors["optimizers"])
         if trainable_encoder:
             encoder.load_state_dict(tensors["encoder"])
         restore_generators(generators, meta["generators"], checkpoint_path)
@@ -193,7 +198,7 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
                  config.epochs, record.loss, seconds, record.points_per_s, neg_seconds)
 
         def state(step: int = step) -> tuple[dict[str, Any], dict[str, Any]]:
-            tensors = {"classifiers": classifiers.state_dict(), "optimizers": [o.state_dict() for o in optimizers]}
+            tensors = {"classifiers": classifiers.state_dict(), "optimizers": optimizer_states(optimizers)}
             if trainable_encoder:
                 tensors["encoder"] = encoder.state_dict()
             return tensors, {"step": step, "generators": generator_states(generators)}

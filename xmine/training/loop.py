@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import scipy.sparse as sp
+import torch
 
 from xmine import distributed
 from xmine.training.checkpoint import data_fingerprint, load_checkpoint, save_checkpoint
@@ -70,3 +71,14 @@ class EpochCheckpoints:
             save_checkpoint(self.path, tensors, {"epoch": record.epoch, **meta, "history": self.history.to_list(),
                                                  "fingerprint": self.fingerprint})
         distributed.barrier()
+
+
+def optimizer_states(optimizers: list[torch.optim.Optimizer]) -> list[dict[str, Any]]:
+    """The optimizers' states, in order, for a checkpoint's tensors (see `restore_optimizers`)."""
+    return [opt.state_dict() for opt in optimizers]
+
+
+def restore_optimizers(optimizers: list[torch.optim.Optimizer], states: list[dict[str, Any]]) -> None:
+    """Load `optimizer_states` back into the same optimizers, built in the same order."""
+    for opt, state in zip(optimizers, states, strict=True):
+        opt.load_state_dict(state)

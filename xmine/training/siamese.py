@@ -25,7 +25,7 @@ from xmine.encoders.base import Encoder, Prepared
 from xmine.errors import XmineError
 from xmine.losses import build_siamese_loss, in_batch_spread
 from xmine.mining.clusters import ClusterBatchSampler, ClusterSchedule
-from xmine.training.loop import EpochCheckpoints, History
+from xmine.training.loop import EpochCheckpoints, History, optimizer_states, restore_optimizers
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,7 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
     if loaded is not None:
         tensors, meta = loaded
         encoder.load_state_dict(tensors["encoder"])
-        for opt, opt_state in zip(optimizers, tensors["optimizers"], strict=True):
-            opt.load_state_dict(opt_state)
+        restore_optimizers(optimizers, tensors["optimizers"])
         sampler.load_state_dict(meta["sampler"])
     first_epoch = checkpoints.first_epoch(loaded[1] if loaded is not None else None)
     if first_epoch:
@@ -213,7 +212,7 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
                  "in-batch cos pos %.3f neg %.3f", epoch + 1, config.epochs, loss_name, record.loss, seconds,
                  record.points_per_s, cluster_size, refresh_seconds, pos_cos, neg_cos)
         checkpoints.end_epoch(record, lambda: ({"encoder": encoder.state_dict(),
-                                                "optimizers": [o.state_dict() for o in optimizers]},
+                                                "optimizers": optimizer_states(optimizers)},
                                                {"sampler": sampler.state_dict()}))
     encoder.eval()
     return checkpoints.history
