@@ -8,8 +8,10 @@ from xmine.shortlist import recall_of_shortlist
 from xmine.topk import (
     candidate_keys,
     csr_entry_keys,
+    csr_product_dense,
     csr_row_topk,
     csr_rows_to_ids,
+    dense_topk,
     lookup_csr,
     pair_dots,
     pair_keys,
@@ -27,6 +29,37 @@ def test_unique_ids_equals_numpy_unique(shape):
     assert np.array_equal(unique, want_unique)
     assert np.array_equal(inverse, want_inverse.reshape(shape))
     assert np.array_equal(unique[inverse], ids)
+
+
+@pytest.mark.parametrize("k", [1, 5, 40, 60])
+def test_dense_topk_equals_a_full_sort_and_keeps_tied_scores(k):
+    rng = np.random.default_rng(k)
+    scores = rng.normal(size=(17, 50)).astype(np.float32)
+    scores[3] = 0.0  # a row of ties: any k ids, all with score 0
+    scores[5, :10] = 2.0
+    top, ids = dense_topk(scores, k)
+    kept = min(k, scores.shape[1])
+    want = -np.sort(-scores, axis=1)[:, :kept]
+    assert top.shape == ids.shape == (17, kept)
+    assert np.array_equal(top, want)  # best first, the right values
+    assert np.array_equal(np.take_along_axis(scores, ids, axis=1), top)  # each id carries its score
+    assert all(len(set(row)) == kept for row in ids)  # no id twice
+    untied = [i for i in range(17) if i not in (3, 5)]
+    assert np.array_equal(ids[untied], np.argsort(-scores[untied], axis=1, kind="stable")[:, :kept])
+
+
+@pytest.mark.parametrize("density", [0.02, 0.3])
+def test_csr_product_dense_equals_the_sparse_product(density):
+    rng = np.random.default_rng(int(density * 100))
+    rows = sp.random(40, 60, density=density, format="csr", dtype=np.float32, random_state=rng)
+    rows = sp.vstack([rows[:7], sp.csr_matrix((1, 60), dtype=np.float32), rows[8:]], format="csr")  # empty row
+    table_t = sp.random(60, 90, density=density, format="csr", dtype=np.float32, random_state=rng)
+    got = csr_product_dense(rows, table_t)
+    assert got.dtype == np.float32 and got.shape == (40, 90)
+    assert np.allclose(got, (rows @ table_t).toarray(), rtol=1e-6, atol=1e-7)
+    assert (got[7] == 0).all()
+    with pytest.raises(ValueError, match="do not multiply"):
+        csr_product_dense(rows, table_t[:50])
 
 
 def test_pair_dots_equal_the_plain_gather_and_padding_scores_zero():

@@ -197,7 +197,7 @@ def _flat_index_of(vectors: np.ndarray | None, kind: str, config: IndexConfig, c
 
 
 def _flat_search(queries: np.ndarray, vectors: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray,
-                 max_block_bytes: int = 256 * 2**20) -> None:
+                 max_block_bytes: int = 64 * 2**20) -> None:
     """Exact top-k by inner product as one matrix product and `torch.topk` per block of queries, written into
     `scores` and `ids` (k beyond the number of vectors: id -1, score -inf). faiss's flat search keeps a heap per
     query and is several times slower than a GEMM plus top-k for the k (tens to hundreds) used here."""

@@ -153,12 +153,41 @@ def _row_topk_kernel(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
 
 
 def dense_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-k of a dense (n, L) block: (scores, ids) best first."""
+    """Row-wise top-k of a dense (n, L) block: (scores, ids) best first (ids of tied scores in no set order).
+    `torch.topk` selects in one pass, several times faster than numpy's argpartition and argsort on the wide
+    rows of a neighbour search."""
+    import torch
+
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(part, order, axis=1)
+    with torch.inference_mode():
+        top = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1, sorted=True)
+    return top.values.numpy(), top.indices.numpy()
+
+
+def csr_product_dense(rows: sp.csr_matrix, table_t: sp.csr_matrix) -> np.ndarray:
+    """`(rows @ table_t).toarray()` as float32, for a product whose result is mostly filled (a TF-IDF neighbour
+    search over long texts, where each text shares some word with almost every training text): each row's terms
+    are scattered straight into a dense output row, in compiled code, with none of the sparse product's
+    bookkeeping of which entries exist. The sums are taken in the same order as scipy's, term by term."""
+    if rows.shape[1] != table_t.shape[0]:
+        raise ValueError(f"shapes {rows.shape} and {table_t.shape} do not multiply")
+    rows, table_t = sp.csr_matrix(rows), sp.csr_matrix(table_t)
+    return _scatter_rows_kernel(rows.indptr.astype(np.int64), rows.indices.astype(np.int64),
+                                rows.data.astype(np.float32), table_t.indptr.astype(np.int64),
+                                table_t.indices.astype(np.int64), table_t.data.astype(np.float32),
+                                int(table_t.shape[1]))
+
+
+@numba.njit(cache=True, nogil=True)  # nogil: callers run several blocks in threads
+def _scatter_rows_kernel(row_ptr: np.ndarray, row_ind: np.ndarray, row_val: np.ndarray, table_ptr: np.ndarray,
+                         table_ind: np.ndarray, table_val: np.ndarray, n_cols: int) -> np.ndarray:
+    out = np.zeros((row_ptr.shape[0] - 1, n_cols), np.float32)
+    for i in range(row_ptr.shape[0] - 1):
+        for a in range(row_ptr[i], row_ptr[i + 1]):
+            term, weight = row_ind[a], row_val[a]
+            for e in range(table_ptr[term], table_ptr[term + 1]):
+                out[i, table_ind[e]] += weight * table_val[e]
+    return out
 
 
 def stack_rows(blocks: list[sp.csr_matrix], n_labels: int) -> sp.csr_matrix:

@@ -25,7 +25,7 @@ from xmine.errors import XmineError
 from xmine.features import TfidfFeaturizer
 from xmine.models.base import Inputs, XMCModel
 from xmine.safeio import csr_from_arrays, load_npz, model_error, params_from
-from xmine.topk import csr_from_topk, csr_row_topk, dense_topk, stack_rows
+from xmine.topk import csr_from_topk, csr_product_dense, csr_row_topk, dense_topk, stack_rows
 from xmine.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -71,25 +71,27 @@ class TfidfKNN(XMCModel):
         model.label_texts = dataset.label_texts
         return model
 
-    def neighbours(self, features: sp.csr_matrix, k: int, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """The k most similar training points of each row: (similarities, training indices)."""
+    def neighbours(self, features: sp.csr_matrix, k: int, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """The k most similar training points of each row: (similarities, training indices). Each block of
+        `batch_size` rows is a dense (rows, training points) similarity matrix: small blocks bound its memory
+        (one per thread) at no cost in speed."""
         k = min(k, self.train_features.shape[0])
         sims = np.empty((features.shape[0], k), dtype=np.float32)
         ids = np.empty((features.shape[0], k), dtype=np.int64)
         train_t = self.train_features_t
         for start in range(0, features.shape[0], batch_size):
-            block = (features[start:start + batch_size] @ train_t).toarray()
+            block = csr_product_dense(features[start:start + batch_size], train_t)
             sims[start:start + batch_size], ids[start:start + batch_size] = dense_topk(block, k)
         return sims, ids
 
     def predict(self, inputs: Any, k: int = 100, config: PredictConfig | None = None, progress: bool = False,
-                batch_size: int = 1024) -> sp.csr_matrix:
+                batch_size: int = 256) -> sp.csr_matrix:
         self.check_predict_config(config)
         inputs = Inputs.of(inputs)
         return self.predict_features(self.featurizer.transform(inputs.texts, inputs.features), k, batch_size,
                                      progress=progress)
 
-    def predict_features(self, features: sp.csr_matrix, k: int, batch_size: int = 1024,
+    def predict_features(self, features: sp.csr_matrix, k: int, batch_size: int = 256,
                          exclude_rows: np.ndarray | None = None, progress: bool = False) -> sp.csr_matrix:
         """Label votes from TF-IDF `features`. `exclude_rows[i]` (a training row index) is left out of
         row i's neighbours: a training point must not vote for itself when shortlisting its own labels."""
