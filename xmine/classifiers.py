@@ -12,7 +12,9 @@ Scores are only ever computed for candidate pairs (a shortlist), never as a dens
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -116,8 +118,20 @@ class LabelClassifiers(nn.Module):
         return out + sparse
 
     def _sparse_scores(self, sparse_x: sp.csr_matrix, candidates: np.ndarray) -> torch.Tensor:
-        b, c = candidates.shape
-        sparse_x = csr_row_topk(sparse_x, self.max_sparse_features)  # the point's strongest features only
+        """(B, C) hashed-table scores: for each (point, candidate label) pair, the sum over the point's strongest
+        `max_sparse_features` features f of x_f * table[h(label, f)] (padding candidates < 0 read label 0)."""
+        sparse_x = csr_row_topk(sparse_x, self.max_sparse_features)
+        table = self.sparse_table.weight.view(-1)
+        labels = np.ascontiguousarray(np.maximum(candidates, 0), dtype=np.int64)
+        if table.device.type == "cpu":
+            return HashedPairScores.apply(table, sparse_x, labels)
+        return self._sparse_scores_gathered(table, sparse_x, labels)
+
+    def _sparse_scores_gathered(self, table: torch.Tensor, sparse_x: sp.csr_matrix, labels: np.ndarray
+                                ) -> torch.Tensor:
+        """`_sparse_scores` with torch operations on the table's device (GPU): every (pair, feature) entry's
+        bucket and value laid out as arrays, a gather, and an index_add per pair."""
+        b, c = labels.shape
         nnz = np.diff(sparse_x.indptr)  # features per point
         # one bag per (point, candidate) pair holding the point's features hashed with the label
         pair_len = np.repeat(nnz, c)
@@ -125,12 +139,11 @@ class LabelClassifiers(nn.Module):
         # position of each entry within its point's feature list, repeated for every candidate
         within = np.arange(pair_len.sum()) - np.repeat(np.cumsum(pair_len) - pair_len, pair_len)
         feat_pos = sparse_x.indptr[point_of_entry] + within
-        label_of_entry = np.repeat(np.maximum(candidates, 0).ravel(), pair_len)
+        label_of_entry = np.repeat(labels.ravel(), pair_len)
         buckets = hash_pairs(label_of_entry, sparse_x.indices[feat_pos], self.hash_buckets)
-        device = self.sparse_table.weight.device
+        device = table.device
         # gather + index_add instead of EmbeddingBag: the same sums, but the backward is an index_add into the
         # table's gradient, where EmbeddingBag's dense backward sorts every lookup (3x slower measured)
-        table = self.sparse_table.weight.view(-1)
         contributions = table.index_select(0, torch.from_numpy(buckets).to(device)) * \
             torch.from_numpy(sparse_x.data[feat_pos].astype(np.float32)).to(device)
         pair_of_entry = torch.from_numpy(np.repeat(np.arange(b * c), pair_len)).to(device)
@@ -179,3 +192,64 @@ class LabelClassifiers(nn.Module):
         obj = cls(n, d, features, buckets, max_sparse)
         load_state_dict_into(obj, tensors, "classifiers", path)
         return obj
+
+
+class HashedPairScores(torch.autograd.Function):
+    """The hashed sparse scores of (point, label) pairs on CPU, forward and backward in compiled code: each
+    pair's buckets are hashed as they are read, with no (pairs x features) arrays of buckets, values and pair ids
+    (which cost most of a classifier step on long texts). The gradient is dense over the table, as the gathered
+    path's index_add gives it; sums run in the same order, bucket gradients may add up in another."""
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, sparse_x: sp.csr_matrix, labels: np.ndarray) -> torch.Tensor:
+        indptr = sparse_x.indptr.astype(np.int64)
+        indices = sparse_x.indices.astype(np.int64)
+        values = sparse_x.data.astype(np.float32)
+        shift = 64 - (int(table.shape[0]).bit_length() - 1)
+        ctx.arrays = (indptr, indices, values, labels, shift, int(table.shape[0]))
+        weights = table.detach().contiguous().numpy()
+        return torch.from_numpy(_hashed_scores_kernel(weights, indptr, indices, values, labels, shift))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        indptr, indices, values, labels, shift, buckets = ctx.arrays
+        grad_table = _hashed_scores_grad_kernel(np.ascontiguousarray(grad.detach().numpy(), dtype=np.float32),
+                                                indptr, indices, values, labels, shift, buckets)
+        return torch.from_numpy(grad_table), None, None
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bucket(label: int, feature: int, shift: int) -> int:
+    """`hash_pairs` of one pair; `shift` = 64 - log2(buckets) (64: one bucket)."""
+    if shift >= 64:
+        return np.int64(0)
+    h = (np.uint64(label) * _K1) ^ (np.uint64(feature) * _K2)
+    return np.int64((h * _K3) >> np.uint64(shift))
+
+
+@numba.njit(cache=True, nogil=True)
+def _hashed_scores_kernel(table: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+                          labels: np.ndarray, shift: int) -> np.ndarray:
+    b, c = labels.shape
+    out = np.zeros((b, c), np.float32)
+    for i in range(b):
+        for j in range(c):
+            total = np.float32(0.0)
+            for a in range(indptr[i], indptr[i + 1]):
+                total += values[a] * table[_bucket(labels[i, j], indices[a], shift)]
+            out[i, j] = total
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _hashed_scores_grad_kernel(grad: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+                               labels: np.ndarray, shift: int, buckets: int) -> np.ndarray:
+    b, c = labels.shape
+    out = np.zeros(buckets, np.float32)
+    for i in range(b):
+        for j in range(c):
+            g = grad[i, j]
+            if g != 0:
+                for a in range(indptr[i], indptr[i + 1]):
+                    out[_bucket(labels[i, j], indices[a], shift)] += g * values[a]
+    return out
