@@ -202,9 +202,8 @@ class HashedPairScores(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, table: torch.Tensor, sparse_x: sp.csr_matrix, labels: np.ndarray) -> torch.Tensor:
-        indptr = sparse_x.indptr.astype(np.int64)
-        indices = sparse_x.indices.astype(np.int64)
-        values = sparse_x.data.astype(np.float32)
+        indptr, indices = sparse_x.indptr, sparse_x.indices
+        values = sparse_x.data.astype(np.float32, copy=False)
         shift = 64 - (int(table.shape[0]).bit_length() - 1)
         ctx.arrays = (indptr, indices, values, labels, shift, int(table.shape[0]))
         weights = table.detach().contiguous().numpy()

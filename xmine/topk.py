@@ -172,10 +172,10 @@ def csr_product_dense(rows: sp.csr_matrix, table_t: sp.csr_matrix) -> np.ndarray
     if rows.shape[1] != table_t.shape[0]:
         raise ValueError(f"shapes {rows.shape} and {table_t.shape} do not multiply")
     rows, table_t = sp.csr_matrix(rows), sp.csr_matrix(table_t)
-    return _scatter_rows_kernel(rows.indptr.astype(np.int64), rows.indices.astype(np.int64),
-                                rows.data.astype(np.float32), table_t.indptr.astype(np.int64),
-                                table_t.indices.astype(np.int64), table_t.data.astype(np.float32),
-                                int(table_t.shape[1]))
+    # the arrays as they are (numba compiles for their index type): converting the table's would copy all of it
+    # on every call, which a one-text query pays in full
+    return _scatter_rows_kernel(rows.indptr, rows.indices, rows.data.astype(np.float32, copy=False), table_t.indptr,
+                                table_t.indices, table_t.data.astype(np.float32, copy=False), int(table_t.shape[1]))
 
 
 @numba.njit(cache=True, nogil=True)  # nogil: callers run several blocks in threads
