@@ -436,8 +436,8 @@ def main() -> None:
             + ("\n\nWhere NGAME's time goes (seconds; stage 2 by step; prediction of the test set in batches):\n\n"
                + stages if stages else ""))
     (BENCH / "results" / f"{name}.md").write_text(text + "\n")
-    if not args.report:
-        (BENCH / "results" / f"{name}.json").write_text(json.dumps(results, indent=2, default=float))
+    # every result the tables were made from (a partial re-run measures some rows and reuses the others' files)
+    (BENCH / "results" / f"{name}.json").write_text(json.dumps(results, indent=2, default=float))
     print(text)
     print(f"\n(total {time.time() - start:.0f}s)")
     if args.suite == "main":  # the xmine report of each dataset, from the saved prediction files
