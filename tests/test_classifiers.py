@@ -63,14 +63,17 @@ def test_compiled_sparse_scores_and_gradient_equal_the_gathered_torch_path(bucke
     assert compiled_grad.abs().sum() > 0  # the gradient reached the table
 
 
-def test_compiled_hash_equals_hash_pairs_on_large_ids():
-    from xmine.classifiers import _bucket
-
+def test_hash_pairs_is_the_multiplicative_hash_on_large_ids():
+    """The hash saved models were trained with, written out in numpy: the compiled one must not drift from it."""
+    k1, k2, k3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9)
     rng = np.random.default_rng(5)
     labels, features = rng.integers(0, 10**7, size=200), rng.integers(0, 2**31 - 1, size=200)
+    with np.errstate(over="ignore"):
+        full = ((labels.astype(np.uint64) * k1) ^ (features.astype(np.uint64) * k2)) * k3
     for bits in (0, 1, 22, 30):
-        want = hash_pairs(labels, features, 1 << bits)
-        assert [_bucket(int(a), int(f), 64 - bits) for a, f in zip(labels, features, strict=True)] == list(want)
+        want = (full >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(200, dtype=np.int64)
+        assert np.array_equal(hash_pairs(labels, features, 1 << bits), want)
+    assert hash_pairs(np.array([[3, 4]]), np.array([[5, 6]]), 1 << 8).shape == (1, 2)
 
 
 def test_classifiers_start_as_normalised_label_embeddings():

@@ -32,14 +32,19 @@ _K3 = np.uint64(0x165667B19E3779F9)
 
 
 def hash_pairs(labels: np.ndarray, features: np.ndarray, buckets: int) -> np.ndarray:
-    """Bucket of each (label, feature) pair: a multiplicative hash, top bits kept."""
+    """Bucket of each (label, feature) pair: a multiplicative hash, top bits kept (`_bucket`, the one definition
+    the compiled scoring kernels use too)."""
+    shift = _hash_shift(buckets)
+    labels, features = np.broadcast_arrays(np.asarray(labels, dtype=np.int64), np.asarray(features, dtype=np.int64))
+    return _hash_pairs_kernel(labels.ravel(), features.ravel(), shift).reshape(labels.shape)
+
+
+def _hash_shift(buckets: int) -> int:
+    """The right shift that keeps log2(buckets) top bits of the 64-bit hash (64: one bucket)."""
     bits = int(buckets).bit_length() - 1
     if 1 << bits != buckets:
         raise XmineError(f"hash_buckets must be a power of two, got {buckets}")
-    with np.errstate(over="ignore"):
-        h = (labels.astype(np.uint64) * _K1) ^ (features.astype(np.uint64) * _K2)
-        h = h * _K3
-    return (h >> np.uint64(64 - bits)).astype(np.int64) if bits else np.zeros(h.shape, dtype=np.int64)
+    return 64 - bits
 
 
 class LabelClassifiers(nn.Module):
@@ -204,7 +209,7 @@ class HashedPairScores(torch.autograd.Function):
     def forward(ctx: Any, table: torch.Tensor, sparse_x: sp.csr_matrix, labels: np.ndarray) -> torch.Tensor:
         indptr, indices = sparse_x.indptr, sparse_x.indices
         values = sparse_x.data.astype(np.float32, copy=False)
-        shift = 64 - (int(table.shape[0]).bit_length() - 1)
+        shift = _hash_shift(int(table.shape[0]))
         ctx.arrays = (indptr, indices, values, labels, shift, int(table.shape[0]))
         weights = table.detach().contiguous().numpy()
         return torch.from_numpy(_hashed_scores_kernel(weights, indptr, indices, values, labels, shift))
@@ -219,11 +224,19 @@ class HashedPairScores(torch.autograd.Function):
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _bucket(label: int, feature: int, shift: int) -> int:
-    """`hash_pairs` of one pair; `shift` = 64 - log2(buckets) (64: one bucket)."""
+    """The bucket of one (label, feature) pair; `shift` from `_hash_shift`."""
     if shift >= 64:
         return np.int64(0)
     h = (np.uint64(label) * _K1) ^ (np.uint64(feature) * _K2)
     return np.int64((h * _K3) >> np.uint64(shift))
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash_pairs_kernel(labels: np.ndarray, features: np.ndarray, shift: int) -> np.ndarray:
+    out = np.empty(labels.shape[0], np.int64)
+    for i in range(labels.shape[0]):
+        out[i] = _bucket(labels[i], features[i], shift)
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
