@@ -30,6 +30,10 @@ from xmine.utils import atomic_write
 
 log = logging.getLogger(__name__)
 
+# rows per neighbour-search block: each is a dense (rows, training points) similarity matrix, one per thread;
+# small blocks bound its memory at no cost in speed
+NEIGHBOUR_BLOCK = 256
+
 
 class TfidfKNN(XMCModel):
     method = "knn"
@@ -71,10 +75,10 @@ class TfidfKNN(XMCModel):
         model.label_texts = dataset.label_texts
         return model
 
-    def neighbours(self, features: sp.csr_matrix, k: int, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """The k most similar training points of each row: (similarities, training indices). Each block of
-        `batch_size` rows is a dense (rows, training points) similarity matrix: small blocks bound its memory
-        (one per thread) at no cost in speed."""
+    def neighbours(self, features: sp.csr_matrix, k: int, batch_size: int = NEIGHBOUR_BLOCK
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """The k most similar training points of each row: (similarities, training indices), `batch_size` rows
+        at a time."""
         k = min(k, self.train_features.shape[0])
         sims = np.empty((features.shape[0], k), dtype=np.float32)
         ids = np.empty((features.shape[0], k), dtype=np.int64)
@@ -85,13 +89,13 @@ class TfidfKNN(XMCModel):
         return sims, ids
 
     def predict(self, inputs: Any, k: int = 100, config: PredictConfig | None = None, progress: bool = False,
-                batch_size: int = 256) -> sp.csr_matrix:
+                batch_size: int = NEIGHBOUR_BLOCK) -> sp.csr_matrix:
         self.check_predict_config(config)
         inputs = Inputs.of(inputs)
         return self.predict_features(self.featurizer.transform(inputs.texts, inputs.features), k, batch_size,
                                      progress=progress)
 
-    def predict_features(self, features: sp.csr_matrix, k: int, batch_size: int = 256,
+    def predict_features(self, features: sp.csr_matrix, k: int, batch_size: int = NEIGHBOUR_BLOCK,
                          exclude_rows: np.ndarray | None = None, progress: bool = False) -> sp.csr_matrix:
         """Label votes from TF-IDF `features`. `exclude_rows[i]` (a training row index) is left out of
         row i's neighbours: a training point must not vote for itself when shortlisting its own labels."""
