@@ -2,12 +2,21 @@
 
   python -m bench.seeds                                 # HPO, Bibtex, Delicious; seeds 0 1 2
   python -m bench.seeds --datasets hpo --seeds 0 1 2 3 --update-readme
+  python -m bench.seeds --datasets hpo bibtex delicious debian-title debian-full \
+      --variant unseen-holdout --set fusion.stage1_unseen_points=2000   # an A/B of one change against the default
+  python -m bench.seeds --variant epochs12 --set siamese.epochs=12 --set fusion.stage1_unseen_points=2000 \
+      --base unseen-holdout --base-set fusion.stage1_unseen_points=2000  # a change on top of an earlier one
 
 Each (dataset, seed) is one `bench.run_xmine` process with siamese.seed and classifier.seed set (seed 0 is
 the default configuration: the main suite's NGAME run is reused for it); results go to bench/results/seeds/
 and are reused unless --force. The peers are
 read from the main suite's results (bench/results/main/, run `python -m bench.run` first): they are
 deterministic given their features. Writes bench/results/seeds.{md,json}.
+
+With --variant NAME and --set overrides, the same seeds are also run with those overrides (results in
+bench/results/seeds/NAME/) and bench/results/seeds-NAME.{md,json} compare the two per dataset: the change is kept
+only if on no dataset it loses, on either metric, by more than the seed spread (the larger of the two standard
+deviations), the rule every accuracy-affecting change follows.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import sys
 
 from bench.blocks import BENCHMARKS_DOC, update_block
 from bench.run import BENCH, DATA, DATASETS, LEAD_FILE_SUFFIX, run
+
+METRICS = ("P@1", "PSP@5")
 
 
 def best_peer(key: str, metric: str, lead: bool = False) -> tuple[float, str] | None:
@@ -35,6 +46,85 @@ def best_peer(key: str, metric: str, lead: bool = False) -> tuple[float, str] | 
     return max(peers) if peers else None
 
 
+def seed_scores(key: str, seeds: list[int], threads: int, force: bool, variant: str | None = None,
+                overrides: list[str] = ()) -> dict[str, list[float]]:
+    """Fused P@1 and PSP@5 of NGAME on a dataset per seed that has a result ("seed": which), running what is
+    missing (everything with `force`)."""
+    folder, text_variant, _ = DATASETS[key]
+    out_dir = BENCH / "results" / "seeds" / (variant or "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scores: dict[str, list[float]] = {"seed": [], **{metric: [] for metric in METRICS}}
+    for seed in seeds:
+        out = out_dir / f"{key}__seed{seed}.json"
+        main_run = BENCH / "results" / "main" / f"{key}__ngame.json"
+        if variant is None and seed == 0 and main_run.exists() and not json.loads(main_run.read_text()).get(
+                "overrides"):
+            out = main_run  # seed 0 is the default configuration: the main suite's run
+        elif force or not out.exists():
+            sets = [f"siamese.seed={seed}", f"classifier.seed={seed}", *overrides]
+            run([sys.executable, "-m", "bench.run_xmine", "--method", "ngame", "--data", str(DATA / folder),
+                 "--text-variant", text_variant, "--threads", str(threads),
+                 *[arg for item in sets for arg in ("--set", item)], "--out", str(out)], out.with_suffix(".log"))
+        if not out.exists():
+            continue
+        fused = json.loads(out.read_text())["metrics"]["fused"]
+        scores["seed"].append(seed)
+        for metric in METRICS:
+            scores[metric].append(fused[metric])
+    return scores
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def compare(key: str, base: dict[str, list[float]], changed: dict[str, list[float]]) -> tuple[str, dict, bool]:
+    """A table row and a record comparing a variant with the default on one dataset, and whether the variant
+    loses there beyond the seed spread on either metric."""
+    cells, record, loses = [key], {"dataset": key}, False
+    for metric in METRICS:
+        if not base[metric] or not changed[metric]:
+            cells += ["", "", ""]
+            continue
+        (m0, s0), (m1, s1) = mean_sd(base[metric]), mean_sd(changed[metric])
+        spread = max(s0, s1) if len(base[metric]) > 1 and len(changed[metric]) > 1 else 0.0
+        delta = m1 - m0
+        metric_loses = delta < -spread
+        loses |= metric_loses
+        cells += [f"{m0:.2f} ± {s0:.2f}", f"{m1:.2f} ± {s1:.2f}",
+                  f"{delta:+.2f}" + (" (loses)" if metric_loses else " (gains)" if delta > spread else "")]
+        record[metric] = {"default": base[metric], "variant": changed[metric], "delta": delta, "spread": spread}
+    record["loses"] = loses
+    return "| " + " | ".join(cells) + " |", record, loses
+
+
+def run_variant(args: argparse.Namespace) -> None:
+    rows, records, losing = [], [], []
+    for key in args.datasets:
+        base = seed_scores(key, args.seeds, args.threads, args.force, args.base, args.base_set)
+        changed = seed_scores(key, args.seeds, args.threads, args.force, args.variant, args.set)
+        row, record, loses = compare(key, base, changed)
+        rows.append(row)
+        records.append(record)
+        if loses:
+            losing.append(key)
+    verdict = (f"loses beyond the seed spread on {', '.join(losing)}: not kept" if losing else
+               "loses on no dataset beyond the seed spread")
+    against = f"`{args.base}` ({' '.join(args.base_set)})" if args.base else "the default"
+    text = "\n".join([
+        f"`{args.variant}` ({' '.join(args.set)}) against {against}, NGAME fused, seeds "
+        f"{' '.join(map(str, args.seeds))}; mean ± sample standard deviation; a delta is marked when it exceeds "
+        f"the larger standard deviation. Verdict: {verdict}.", "",
+        "| dataset | P@1 default | P@1 variant | P@1 delta | PSP@5 default | PSP@5 variant | PSP@5 delta |",
+        "|---|---|---|---|---|---|---|", *rows])
+    (BENCH / "results" / f"seeds-{args.variant}.md").write_text(text + "\n")
+    (BENCH / "results" / f"seeds-{args.variant}.json").write_text(json.dumps(
+        {"variant": args.variant, "overrides": args.set, "base": args.base, "base_overrides": args.base_set,
+         "seeds": args.seeds, "datasets": records,
+         "kept": not losing}, indent=2))
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=["hpo", "bibtex", "delicious"])
@@ -43,30 +133,27 @@ def main() -> None:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--update-readme", action="store_true",
                         help="write the table into docs/benchmarks.md's SEEDS block")
+    parser.add_argument("--variant", default=None, help="name of a change to compare with the default")
+    parser.add_argument("--set", action="append", default=[], help="the variant's overrides (key=value)")
+    parser.add_argument("--base", default=None,
+                        help="compare with this earlier variant instead of the default (a change on top of another)")
+    parser.add_argument("--base-set", action="append", default=[], help="the base variant's overrides")
     args = parser.parse_args()
-    out_dir = BENCH / "results" / "seeds"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if bool(args.variant) != bool(args.set) or bool(args.base) != bool(args.base_set):
+        parser.error("--variant goes with --set, and --base with --base-set")
+    if args.base and not args.variant:
+        parser.error("--base needs --variant")
+    if args.variant:
+        run_variant(args)
+        return
     rows, records = [], []
     for key in args.datasets:
-        folder, variant, _ = DATASETS[key]
-        scores: dict[str, list[float]] = {"P@1": [], "PSP@5": []}
-        for seed in args.seeds:
-            out = out_dir / f"{key}__seed{seed}.json"
-            main_run = BENCH / "results" / "main" / f"{key}__ngame.json"
-            if seed == 0 and main_run.exists() and not json.loads(main_run.read_text()).get("overrides"):
-                out = main_run  # seed 0 is the default configuration: the main suite's run
-            elif args.force or not out.exists():
-                run([sys.executable, "-m", "bench.run_xmine", "--method", "ngame", "--data", str(DATA / folder),
-                     "--text-variant", variant, "--threads", str(args.threads), "--set", f"siamese.seed={seed}",
-                     "--set", f"classifier.seed={seed}", "--out", str(out)], out.with_suffix(".log"))
-            if not out.exists():
-                continue
-            fused = json.loads(out.read_text())["metrics"]["fused"]
-            for metric in scores:
-                scores[metric].append(fused[metric])
-            records.append({"dataset": key, "seed": seed, "P@1": fused["P@1"], "PSP@5": fused["PSP@5"]})
+        scores = seed_scores(key, args.seeds, args.threads, args.force)
+        for seed, p1, psp5 in zip(scores["seed"], scores["P@1"], scores["PSP@5"], strict=True):
+            records.append({"dataset": key, "seed": seed, "P@1": p1, "PSP@5": psp5})
         cells = []
-        for metric, values in scores.items():
+        for metric in METRICS:
+            values = scores[metric]
             if not values:
                 cells += ["", "", ""]
                 continue

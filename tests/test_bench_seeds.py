@@ -1,0 +1,36 @@
+"""The keep-or-drop rule of bench.seeds' A/B comparison: a change is dropped when it loses on any dataset, on either
+metric, by more than the seed spread."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.seeds import compare
+
+
+def scores(p1: list[float], psp5: list[float]) -> dict[str, list[float]]:
+    return {"seed": list(range(len(p1))), "P@1": p1, "PSP@5": psp5}
+
+
+def test_a_loss_within_the_seed_spread_is_kept() -> None:
+    base = scores([60.0, 61.0, 62.0], [30.0, 30.1, 30.2])  # P@1 sd 1.0
+    changed = scores([59.5, 60.5, 61.5], [30.0, 30.1, 30.2])  # -0.5: within the spread
+    row, record, loses = compare("hpo", base, changed)
+    assert not loses and not record["loses"]
+    assert record["P@1"]["delta"] == pytest.approx(-0.5)
+    assert record["P@1"]["spread"] == pytest.approx(1.0)
+    assert "(loses)" not in row
+
+
+def test_a_loss_beyond_the_seed_spread_on_one_metric_drops_the_change() -> None:
+    base = scores([60.0, 60.1, 60.2], [30.0, 30.1, 30.2])
+    changed = scores([62.0, 62.1, 62.2], [29.0, 29.1, 29.2])  # P@1 gains, PSP@5 loses by 1.0 against sd 0.1
+    row, record, loses = compare("bibtex", base, changed)
+    assert loses
+    assert record["P@1"]["delta"] == pytest.approx(2.0) and "(gains)" in row
+    assert record["PSP@5"]["delta"] == pytest.approx(-1.0) and "(loses)" in row
+
+
+def test_a_single_seed_has_no_spread_so_any_loss_counts() -> None:
+    _, record, loses = compare("delicious", scores([60.0], [30.0]), scores([59.99], [30.0]))
+    assert loses and record["P@1"]["spread"] == 0.0
