@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import sklearn
 from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 
@@ -64,6 +65,12 @@ class TfidfFeaturizer:
         return self
 
     def transform(self, texts: Sequence[str] | None = None, features: sp.csr_matrix | None = None) -> sp.csr_matrix:
+        # scikit-learn re-validates its own parameters on every call, and checks arrays for NaN and infinity that
+        # counts of words cannot hold; for one text those checks cost more than the transform
+        with sklearn.config_context(skip_parameter_validation=True, assume_finite=self.source == "text"):
+            return self._transform(texts, features)
+
+    def _transform(self, texts: Sequence[str] | None, features: sp.csr_matrix | None) -> sp.csr_matrix:
         if self.source == "given":
             if features is None:
                 raise XmineError("this model was trained on given sparse features; the input has none")
