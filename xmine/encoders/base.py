@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from xmine.config import EncoderConfig
 from xmine.errors import XmineError
+from xmine.optim import RowSparseAdam
 from xmine.safeio import json_field, load_json, load_state_dict_into, load_tensors
 from xmine.utils import atomic_torch_save, atomic_write_text, resolve_device
 
@@ -56,7 +57,7 @@ class Encoder(nn.Module):
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        """Parameters with sparse gradients (a token-embedding table), for torch.optim.SparseAdam."""
+        """Parameters with sparse gradients (a token-embedding table), for RowSparseAdam."""
         return []
 
     def use_dense_gradients(self) -> None:
@@ -64,14 +65,14 @@ class Encoder(nn.Module):
 
     def make_optimizers(self, lr: float, lr_embeddings: float, weight_decay: float = 0.0
                         ) -> list[torch.optim.Optimizer]:
-        """AdamW over the dense parameters, SparseAdam over a sparse embedding table: only the rows
+        """AdamW over the dense parameters, RowSparseAdam over a sparse embedding table: only the rows
         of the tokens in a batch are updated, which is what makes the bag encoder fast on CPU."""
         optimizers: list[torch.optim.Optimizer] = []
         groups = [g for g in self.parameter_groups(lr, lr_embeddings) if g["params"]]
         if groups:
             optimizers.append(torch.optim.AdamW(groups, weight_decay=weight_decay))
         if self.sparse_parameters():
-            optimizers.append(torch.optim.SparseAdam(self.sparse_parameters(), lr=lr_embeddings))
+            optimizers.append(RowSparseAdam(self.sparse_parameters(), lr=lr_embeddings))
         return optimizers
 
     @torch.no_grad()
