@@ -153,16 +153,7 @@ def patched(module: Any, name: str, value: Any) -> Iterator[None]:
 
 def select_with_psp(recorded: Recorded, config: FusionConfig) -> np.ndarray:
     """Options chosen by nDCG@5 + PSnDCG@5 on the held-out points instead of nDCG@5 alone."""
-    inv_p = recorded.inv_propensity
-
-    def both(fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_matrix) -> float:
-        fused = np.where(candidates >= 0, fused, -np.inf)
-        pred = csr_row_topk(csr_from_topk(fused, candidates, true_labels.shape[1]), 5)
-        metrics = evaluate(pred, true_labels, ks=(5,), inv_propensity=inv_p, recall_ks=())
-        return metrics["nDCG@5"] + metrics["PSnDCG@5"]
-
-    with patched(fusion_module, "ndcg_at_5", both):
-        return as_trained(recorded, config)
+    return as_trained(recorded, config.replace(selection_metric="ndcg+psndcg"))
 
 
 def weighted_positives(power: float) -> Variant:
@@ -217,11 +208,20 @@ def fit_on(which: str) -> Variant:
     return variant
 
 
+def weighted_by_config(power: float) -> Variant:
+    """FusionConfig.positive_weight_power: xmine's implementation of the weighting above."""
+    def variant(recorded: Recorded, config: FusionConfig) -> np.ndarray:
+        return as_trained(recorded, config.replace(positive_weight_power=power))
+    return variant
+
+
 VARIANTS: dict[str, Variant] = {
     "as trained": as_trained,
     "select by nDCG@5 + PSnDCG@5": select_with_psp,
     "positives weighted inv_p^0.5": weighted_positives(0.5),
     "positives weighted inv_p^1": weighted_positives(1.0),
+    "positive_weight_power=0.5": weighted_by_config(0.5),
+    "positive_weight_power=0.25": weighted_by_config(0.25),
     "fitted on unseen only": fit_on("unseen"),
     "fitted on all held-out": fit_on("all"),
 }

@@ -298,3 +298,40 @@ def test_binned_tree_ranks_held_out_points_about_as_well_as_the_exact_one():
         fusion.mode = "tree"
         held_out.append(_ndcg5(fusion.combine(scores, cand), cand, truth))
     assert abs(held_out[0] - held_out[1]) < 0.5, held_out
+
+
+@pytest.mark.parametrize("metric", ["ndcg", "ndcg+psndcg"])
+def test_fusion_options_are_judged_by_the_configured_selection_metric(metric):
+    cand, scores, truth, inv_p = _problem(7)
+    inv_p = np.where(np.arange(len(inv_p)) % 5 == 0, 20.0, 1.0)  # a fifth of the labels rare: PSnDCG weighs them
+    fusion = ScoreFusion(FusionConfig(selection_metric=metric), inv_p, ("classifier", "encoder"))
+    results = fusion.fit(scores, cand, truth)
+    for source in ("classifier", "encoder"):
+        pred = csr_row_topk(csr_from_topk(scores[source], cand, truth.shape[1]), 5)
+        measured = evaluate(pred, truth, ks=(5,), inv_propensity=inv_p, recall_ks=())
+        expected = measured["nDCG@5"] + (measured["PSnDCG@5"] if metric == "ndcg+psndcg" else 0.0)
+        assert results[source] == pytest.approx(expected)
+
+
+def test_an_unknown_selection_metric_is_refused():
+    from xmine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="selection_metric"):
+        FusionConfig.from_dict({"selection_metric": "psp"})
+
+
+def test_weighting_rare_labels_positives_raises_the_fusions_weight_on_rarity():
+    from xmine.fusion import positive_weights
+
+    cand, scores, truth, _ = _problem(8)
+    inv_p = np.where(np.arange(500) % 5 == 0, 20.0, 1.0)
+    weights = positive_weights(np.log(np.array([20.0, 1.0, 20.0])), np.array([True, True, False]), 0.5)
+    assert weights.mean() == pytest.approx(1.0) and weights[0] / weights[1] == pytest.approx(20.0 ** 0.5)
+    assert weights[1] == weights[2]  # a negative weighs what an unweighted positive does
+    rarity = {}
+    for power in (0.0, 1.0):
+        fusion = ScoreFusion(FusionConfig(positive_weight_power=power, point_context=False), inv_p,
+                             ("classifier", "encoder"))
+        fusion.fit(scores, cand, truth)
+        rarity[power] = fusion.coef[2]  # the regression's weight on log inverse propensity
+    assert rarity[1.0] > rarity[0.0] + 0.1

@@ -384,6 +384,12 @@ class FusionConfig(Params):
     max_depth: int = 7
     # the fitted options (regression, tree) are judged on held-out points by cross-fitting over this many folds
     selection_folds: int = 3
+    # what the options are judged by on the held-out points: nDCG@5 ("ndcg"), or nDCG@5 + PSnDCG@5
+    # ("ndcg+psndcg"), which also counts how well an option ranks rare labels (docs/accuracy.md)
+    selection_metric: Literal["ndcg", "ndcg+psndcg"] = "ndcg"
+    # >0: the regression and the tree weigh each positive pair by its label's inverse propensity to this power
+    # (negatives 1), so that rare labels' positives count for more in the fit (docs/accuracy.md)
+    positive_weight_power: float = 0.0
     # the regression is fitted on at most this many of the held-out candidate pairs (0: all): every positive up to
     # half of them, the rest a uniform sample of the negatives (the tree sees them all: see fusion.fit_pair_models)
     fit_pairs: int = 100_000
@@ -405,7 +411,7 @@ class FusionConfig(Params):
     def validate(self) -> None:
         super().validate()
         _positive(self, "max_depth", "holdout_points", "selection_folds")
-        _non_negative(self, "stage1_unseen_points", "fit_pairs", "tree_bins")
+        _non_negative(self, "stage1_unseen_points", "fit_pairs", "tree_bins", "positive_weight_power")
         if self.tree_bins == 1:
             raise ConfigError("FusionConfig.tree_bins must be 0 (no binning) or at least 2, got 1")
         if not 0 <= self.weight <= 1:

@@ -117,11 +117,14 @@ def subsample_pairs(target: np.ndarray, max_pairs: int, rng: np.random.Generator
     return np.sort(np.concatenate(parts)), counts / np.maximum(kept, 1)
 
 
-def ndcg_at_5(fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_matrix) -> float:
-    """nDCG@5 of ranking each row's candidates by `fused` (padding candidates never rank)."""
+def ndcg_at_5(fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_matrix,
+              inv_propensity: np.ndarray | None = None) -> float:
+    """nDCG@5 of ranking each row's candidates by `fused` (padding candidates never rank); with `inv_propensity`,
+    nDCG@5 + PSnDCG@5."""
     fused = np.where(candidates >= 0, fused, -np.inf)
     pred = csr_row_topk(csr_from_topk(fused, candidates, true_labels.shape[1]), 5)
-    return evaluate(pred, true_labels, ks=(5,), recall_ks=())["nDCG@5"]
+    metrics = evaluate(pred, true_labels, ks=(5,), inv_propensity=inv_propensity, recall_ks=())
+    return metrics["nDCG@5"] + (metrics["PSnDCG@5"] if inv_propensity is not None else 0.0)
 
 
 def choose_mode(results: dict[str, float]) -> str:
@@ -159,30 +162,45 @@ class FeatureBins:
 
 def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray, rows: np.ndarray,
                     config: FusionConfig, seed: int, bins: FeatureBins | None = None,
-                    codes: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+                    codes: np.ndarray | None = None, log_inv_propensity: int | None = None
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
     """The regression's weights (+ bias) and the tree's arrays, fitted on the candidate pairs of the points where
     `rows` is True; None when those pairs hold one class only. The regression sees at most `config.fit_pairs` of
     them (subsample_pairs): a dozen weights need no more. The tree sees them all: its leaves, fitted on a sample's
     fewer negatives, ranked test points measurably worse (docs/cost.md). With
-    `bins`, the tree is fitted on the pairs' bin `codes` (rows of `features`'s)."""
+    `bins`, the tree is fitted on the pairs' bin `codes` (rows of `features`'s). With
+    `config.positive_weight_power`, column `log_inv_propensity` of `features` weights the positive pairs."""
     pairs = np.flatnonzero((valid & rows[:, None]).ravel())
     x, y = features[pairs], target.ravel()[pairs]
     if y.all() or not y.any():
         return None
+    weights = positive_weights(x[:, log_inv_propensity], y, config.positive_weight_power) \
+        if config.positive_weight_power and log_inv_propensity is not None else None
     keep, _ = subsample_pairs(y, config.fit_pairs, np.random.default_rng([seed, 29]))
     sampled = len(keep) < len(y)
     x_lr, y_lr = (x[keep], y[keep]) if sampled else (x, y)
     mean, std = x_lr.mean(0), x_lr.std(0) + 1e-9
     # balanced classes; on a sample, scaled so that the regularisation weighs as much as on all pairs
-    lr = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced").fit(
-        (x_lr - mean) / std, y_lr, sample_weight=np.full(len(y_lr), len(y) / len(y_lr)) if sampled else None)
+    lr_weights = np.full(len(y_lr), len(y) / len(y_lr)) if sampled else None
+    if weights is not None:
+        lr_weights = weights[keep] * (len(y) / len(y_lr))
+    lr = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced").fit((x_lr - mean) / std, y_lr,
+                                                                               sample_weight=lr_weights)
     # fold the standardisation into the weights so prediction needs only coef
-    weights = lr.coef_[0] / std
-    coef = np.concatenate([weights, [lr.intercept_[0] - float(weights @ mean)]])
+    coef_weights = lr.coef_[0] / std
+    coef = np.concatenate([coef_weights, [lr.intercept_[0] - float(coef_weights @ mean)]])
     tree = DecisionTreeClassifier(max_depth=config.max_depth, min_samples_leaf=50, random_state=seed)
     if bins is None:
-        return coef, _tree_arrays(tree.fit(x, y))
-    return coef, bins.value_thresholds(_tree_arrays(tree.fit(codes[pairs], y)))
+        return coef, _tree_arrays(tree.fit(x, y, sample_weight=weights))
+    return coef, bins.value_thresholds(_tree_arrays(tree.fit(codes[pairs], y, sample_weight=weights)))
+
+
+def positive_weights(log_inv_propensity: np.ndarray, target: np.ndarray, power: float) -> np.ndarray:
+    """Per pair: inverse propensity ** `power` for a positive, 1 for a negative, scaled to mean 1, so that the
+    fusion is fitted to rank rare labels' positives as well as frequent ones' (PSP@k weighs them by inverse
+    propensity)."""
+    weights = np.where(target, np.exp(power * log_inv_propensity), 1.0)
+    return weights * (len(weights) / weights.sum())
 
 
 class ScoreFusion:
@@ -254,7 +272,7 @@ class ScoreFusion:
         if target[valid].all() or not target[valid].any():
             self.mode = "encoder" if "encoder" in self.sources else self.sources[0]
             return {}
-        results = {mode: ndcg_at_5(scores[mode], candidates, true_labels) for mode in self.sources}
+        results = {mode: self.selection_score(scores[mode], candidates, true_labels) for mode in self.sources}
         learned = ("lr", "tree", "lr+tree")
         n_points = candidates.shape[0]
         folds = min(self.config.selection_folds, n_points)
@@ -268,7 +286,7 @@ class ScoreFusion:
         # two cores oversubscribe them)
         with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, min(n_jobs, len(fit_rows)))) as pool:
             fitted = list(pool.map(lambda rows: fit_pair_models(features, valid, target, rows, self.config, seed,
-                                                                bins, codes), fit_rows))
+                                                                bins, codes, len(self.sources)), fit_rows))
         out_of_fold: dict[str, np.ndarray] | None = None
         if folds > 1 and all(models is not None for models in fitted[:-1]):  # else: a fold without both classes
             out_of_fold = {mode: np.zeros(candidates.shape) for mode in learned}
@@ -283,15 +301,20 @@ class ScoreFusion:
         for mode in learned:
             fused = out_of_fold[mode] if out_of_fold is not None else \
                 self._score_mode(mode, scores, candidates, features)
-            results[mode] = ndcg_at_5(fused, candidates, true_labels)
+            results[mode] = self.selection_score(fused, candidates, true_labels)
         self.mode = choose_mode(results)
         self.selection = results
         return results
 
+    def selection_score(self, fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_matrix) -> float:
+        """What fusion options are judged by on held-out points (`FusionConfig.selection_metric`)."""
+        with_propensity = self.config.selection_metric == "ndcg+psndcg"
+        return ndcg_at_5(fused, candidates, true_labels, self.inv_propensity if with_propensity else None)
+
     def held_out_ndcg(self, scores: dict[str, np.ndarray], candidates: np.ndarray, true_labels: sp.csr_matrix
                       ) -> float:
         """nDCG@5 of the fitted fusion on points it was not fitted on."""
-        return ndcg_at_5(self.combine(scores, candidates), candidates, true_labels)
+        return self.selection_score(self.combine(scores, candidates), candidates, true_labels)
 
     def fit_checked(self, scores: dict[str, np.ndarray], candidates: np.ndarray, true_labels: sp.csr_matrix,
                     unseen: np.ndarray, seed: int = 0, n_jobs: int = 1) -> dict[str, Any]:
@@ -310,7 +333,7 @@ class ScoreFusion:
         def encoder_ndcg(rows: np.ndarray) -> float | None:
             if "encoder" not in scores:
                 return None
-            return ndcg_at_5(scores["encoder"][rows], candidates[rows], true_labels[rows])
+            return self.selection_score(scores["encoder"][rows], candidates[rows], true_labels[rows])
 
         seen_rows, unseen_rows = np.flatnonzero(~unseen), np.flatnonzero(unseen)
         report: dict[str, Any] = {"seen_points": len(seen_rows), "unseen_points": len(unseen_rows),
