@@ -59,3 +59,16 @@ def test_row_sparse_adam_refuses_dense_gradients_and_bad_settings() -> None:
         RowSparseAdam([param]).step()
     with pytest.raises(ValueError, match="betas"):
         RowSparseAdam([param], betas=(0.9, 1.0))
+
+
+@pytest.mark.parametrize(("name", "expected"), [("sparse_adam", torch.optim.SparseAdam),
+                                                ("row_sparse_adam", RowSparseAdam)])
+def test_the_token_tables_optimiser_is_the_configured_one(tiny_model_dir, name, expected) -> None:
+    from xmine.config import EncoderConfig
+    from xmine.encoders import build_encoder
+
+    encoder = build_encoder(EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=32),
+                            ["a few words", "some other words"])
+    optimizers = encoder.make_optimizers(1e-3, 1e-2, embedding_optimizer=name)
+    assert isinstance(optimizers[-1], expected)
+    assert optimizers[-1].param_groups[0]["params"] == encoder.sparse_parameters()

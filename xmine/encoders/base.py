@@ -57,22 +57,25 @@ class Encoder(nn.Module):
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        """Parameters with sparse gradients (a token-embedding table), for RowSparseAdam."""
+        """Parameters with sparse gradients (a token-embedding table), for a lazy (row-sparse) Adam."""
         return []
 
     def use_dense_gradients(self) -> None:
         """Train every parameter with dense gradients (NCCL cannot all-reduce sparse ones). No-op here."""
 
-    def make_optimizers(self, lr: float, lr_embeddings: float, weight_decay: float = 0.0
-                        ) -> list[torch.optim.Optimizer]:
-        """AdamW over the dense parameters, RowSparseAdam over a sparse embedding table: only the rows
-        of the tokens in a batch are updated, which is what makes the bag encoder fast on CPU."""
+    def make_optimizers(self, lr: float, lr_embeddings: float, weight_decay: float = 0.0,
+                        embedding_optimizer: str = "sparse_adam") -> list[torch.optim.Optimizer]:
+        """AdamW over the dense parameters, lazy Adam over a sparse embedding table: only the rows of the tokens in
+        a batch are updated, which is what makes the bag encoder fast on CPU. `embedding_optimizer`: torch's
+        SparseAdam ("sparse_adam") or xmine's RowSparseAdam ("row_sparse_adam"), the same update computed faster
+        (SiameseConfig.embedding_optimizer)."""
         optimizers: list[torch.optim.Optimizer] = []
         groups = [g for g in self.parameter_groups(lr, lr_embeddings) if g["params"]]
         if groups:
             optimizers.append(torch.optim.AdamW(groups, weight_decay=weight_decay))
         if self.sparse_parameters():
-            optimizers.append(RowSparseAdam(self.sparse_parameters(), lr=lr_embeddings))
+            sparse_adam = RowSparseAdam if embedding_optimizer == "row_sparse_adam" else torch.optim.SparseAdam
+            optimizers.append(sparse_adam(self.sparse_parameters(), lr=lr_embeddings))
         return optimizers
 
     @torch.no_grad()

@@ -140,7 +140,8 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
     if distributed.needs_dense_gradients():
         encoder.use_dense_gradients()
     model = distributed.wrap(SiameseForward(encoder))
-    optimizers = encoder.make_optimizers(config.lr, config.lr_embeddings, config.weight_decay)
+    optimizers = encoder.make_optimizers(config.lr, config.lr_embeddings, config.weight_decay,
+                                         config.embedding_optimizer)
     dense_params = [p for g in encoder.parameter_groups(config.lr, config.lr_embeddings) for p in g["params"]]
     use_amp = config.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
