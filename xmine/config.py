@@ -392,8 +392,9 @@ class FusionConfig(Params):
     # ("ndcg+psndcg"), which also counts how well an option ranks rare labels (docs/accuracy.md)
     selection_metric: Literal["ndcg", "ndcg+psndcg"] = "ndcg"
     # >0: the regression and the tree weigh each positive pair by its label's inverse propensity to this power
-    # (negatives 1), so that rare labels' positives count for more in the fit (docs/accuracy.md)
-    positive_weight_power: float = 0.0
+    # (negatives 1), so that rare labels' positives count for more in the fit; without it the fusion learns to
+    # favour frequent labels, which most held-out positives belong to (docs/accuracy.md); 0: unweighted
+    positive_weight_power: float = 0.5
     # the regression is fitted on at most this many of the held-out candidate pairs (0: all): every positive up to
     # half of them, the rest a uniform sample of the negatives (the tree sees them all: see fusion.fit_pair_models)
     fit_pairs: int = 100_000
