@@ -216,9 +216,15 @@ def test_unsampled_unbinned_fit_gives_the_plain_models_on_every_pair():
         fits[cap] = fusion
     x = fits[0]._features(scores, cand)
     y = lookup_csr(truth, cand).ravel() > 0
+    # the default weighting of positive pairs (FusionConfig.positive_weight_power), written out
+    power = FusionConfig().positive_weight_power
+    weights = np.where(y, np.exp(power * np.log(inv_p[cand.ravel()])), 1.0)
+    weights *= len(weights) / weights.sum()
     mean, std = x.mean(0), x.std(0) + 1e-9
-    lr = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced").fit((x - mean) / std, y)
-    tree = _tree_arrays(DecisionTreeClassifier(max_depth=7, min_samples_leaf=50, random_state=0).fit(x, y))
+    lr = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced").fit((x - mean) / std, y,
+                                                                               sample_weight=weights)
+    tree = _tree_arrays(DecisionTreeClassifier(max_depth=7, min_samples_leaf=50, random_state=0).fit(
+        x, y, sample_weight=weights))
     for fusion in fits.values():
         assert np.array_equal(fusion.coef[:-1], lr.coef_[0] / std)
         assert all(np.array_equal(fusion.tree[key], value) for key, value in tree.items())

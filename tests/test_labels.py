@@ -73,7 +73,9 @@ def test_added_labels_are_predicted_for_a_text_that_names_them(model, ds, hidden
 
 def test_new_labels_rank_higher_than_with_their_raw_scores(model, ds, hidden):
     """The fusion reads a new label's missing neighbour votes and ranker weights as evidence against it; placed
-    by encoder rank (the default) or with imputed scores, new labels rank higher for the texts that name them."""
+    by encoder rank (the default), new labels rank higher for the texts that name them than with their raw scores
+    or with imputed ones. (Imputing alone ranked them higher than raw scores with the unweighted fusion, but not
+    with the fusion that weighs rare labels' positives, on this small model: docs/new-labels.md.)"""
     texts = [ds.label_texts[i] for i in hidden]
     ids = model.add_labels(texts)
 
@@ -86,7 +88,7 @@ def test_new_labels_rank_higher_than_with_their_raw_scores(model, ds, hidden):
     for policy in ("rank", "impute", "as_is"):
         label_state(model).config = label_state(model).config.replace(scores=policy)
         ranks[policy] = mean_rank()
-    assert ranks["rank"] < ranks["as_is"] and ranks["impute"] < ranks["as_is"], ranks
+    assert ranks["rank"] < ranks["as_is"] and ranks["rank"] < ranks["impute"], ranks
 
 
 def test_save_load_keeps_added_labels_and_reports_them(model, ds, hidden, tmp_path):
