@@ -339,5 +339,5 @@ def test_weighting_rare_labels_positives_raises_the_fusions_weight_on_rarity():
         fusion = ScoreFusion(FusionConfig(positive_weight_power=power, point_context=False), inv_p,
                              ("classifier", "encoder"))
         fusion.fit(scores, cand, truth)
-        rarity[power] = fusion.coef[2]  # the regression's weight on log inverse propensity
+        rarity[power] = fusion.coef[fusion.rarity_column]  # the regression's weight on log inverse propensity
     assert rarity[1.0] > rarity[0.0] + 0.1

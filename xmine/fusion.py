@@ -117,14 +117,18 @@ def subsample_pairs(target: np.ndarray, max_pairs: int, rng: np.random.Generator
     return np.sort(np.concatenate(parts)), counts / np.maximum(kept, 1)
 
 
-def ndcg_at_5(fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_matrix,
-              inv_propensity: np.ndarray | None = None) -> float:
-    """nDCG@5 of ranking each row's candidates by `fused` (padding candidates never rank); with `inv_propensity`,
-    nDCG@5 + PSnDCG@5."""
+def metrics_at_5(fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_matrix,
+                 inv_propensity: np.ndarray | None = None) -> dict[str, float]:
+    """The @5 metrics (with `inv_propensity`, the propensity-scored ones too) of ranking each row's candidates by
+    `fused` (padding candidates never rank)."""
     fused = np.where(candidates >= 0, fused, -np.inf)
     pred = csr_row_topk(csr_from_topk(fused, candidates, true_labels.shape[1]), 5)
-    metrics = evaluate(pred, true_labels, ks=(5,), inv_propensity=inv_propensity, recall_ks=())
-    return metrics["nDCG@5"] + (metrics["PSnDCG@5"] if inv_propensity is not None else 0.0)
+    return evaluate(pred, true_labels, ks=(5,), inv_propensity=inv_propensity, recall_ks=())
+
+
+def ndcg_at_5(fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_matrix) -> float:
+    """nDCG@5 of ranking each row's candidates by `fused` (padding candidates never rank)."""
+    return metrics_at_5(fused, candidates, true_labels)["nDCG@5"]
 
 
 def choose_mode(results: dict[str, float]) -> str:
@@ -162,20 +166,21 @@ class FeatureBins:
 
 def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray, rows: np.ndarray,
                     config: FusionConfig, seed: int, bins: FeatureBins | None = None,
-                    codes: np.ndarray | None = None, log_inv_propensity: int | None = None
+                    codes: np.ndarray | None = None, rarity_column: int | None = None
                     ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
     """The regression's weights (+ bias) and the tree's arrays, fitted on the candidate pairs of the points where
     `rows` is True; None when those pairs hold one class only. The regression sees at most `config.fit_pairs` of
     them (subsample_pairs): a dozen weights need no more. The tree sees them all: its leaves, fitted on a sample's
     fewer negatives, ranked test points measurably worse (docs/cost.md). With
     `bins`, the tree is fitted on the pairs' bin `codes` (rows of `features`'s). With
-    `config.positive_weight_power`, column `log_inv_propensity` of `features` weights the positive pairs."""
+    `config.positive_weight_power`, the log inverse propensity in column `rarity_column` of `features` weights the
+    positive pairs."""
     pairs = np.flatnonzero((valid & rows[:, None]).ravel())
     x, y = features[pairs], target.ravel()[pairs]
     if y.all() or not y.any():
         return None
-    weights = positive_weights(x[:, log_inv_propensity], y, config.positive_weight_power) \
-        if config.positive_weight_power and log_inv_propensity is not None else None
+    weights = positive_weights(x[:, rarity_column], y, config.positive_weight_power) \
+        if config.positive_weight_power and rarity_column is not None else None
     keep, _ = subsample_pairs(y, config.fit_pairs, np.random.default_rng([seed, 29]))
     sampled = len(keep) < len(y)
     x_lr, y_lr = (x[keep], y[keep]) if sampled else (x, y)
@@ -286,7 +291,7 @@ class ScoreFusion:
         # two cores oversubscribe them)
         with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, min(n_jobs, len(fit_rows)))) as pool:
             fitted = list(pool.map(lambda rows: fit_pair_models(features, valid, target, rows, self.config, seed,
-                                                                bins, codes, len(self.sources)), fit_rows))
+                                                                bins, codes, self.rarity_column), fit_rows))
         out_of_fold: dict[str, np.ndarray] | None = None
         if folds > 1 and all(models is not None for models in fitted[:-1]):  # else: a fold without both classes
             out_of_fold = {mode: np.zeros(candidates.shape) for mode in learned}
@@ -308,12 +313,14 @@ class ScoreFusion:
 
     def selection_score(self, fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_matrix) -> float:
         """What fusion options are judged by on held-out points (`FusionConfig.selection_metric`)."""
-        with_propensity = self.config.selection_metric == "ndcg+psndcg"
-        return ndcg_at_5(fused, candidates, true_labels, self.inv_propensity if with_propensity else None)
+        if self.config.selection_metric == "ndcg":
+            return ndcg_at_5(fused, candidates, true_labels)
+        metrics = metrics_at_5(fused, candidates, true_labels, self.inv_propensity)
+        return metrics["nDCG@5"] + metrics["PSnDCG@5"]
 
     def held_out_ndcg(self, scores: dict[str, np.ndarray], candidates: np.ndarray, true_labels: sp.csr_matrix
                       ) -> float:
-        """nDCG@5 of the fitted fusion on points it was not fitted on."""
+        """The selection score (nDCG@5 by default) of the fitted fusion on points it was not fitted on."""
         return self.selection_score(self.combine(scores, candidates), candidates, true_labels)
 
     def fit_checked(self, scores: dict[str, np.ndarray], candidates: np.ndarray, true_labels: sp.csr_matrix,
@@ -363,6 +370,11 @@ class ScoreFusion:
                 atomic_save_npy(directory / f"tree_{key}.npy", value)
         atomic_save_npy(directory / "inv_propensity.npy", self.inv_propensity)
         atomic_write_text(directory / "fusion.json", json.dumps(meta, indent=2))
+
+    @property
+    def rarity_column(self) -> int:
+        """The pair features' column holding the label's log inverse propensity (after the sources' scores)."""
+        return len(self.sources)
 
     @property
     def n_features(self) -> int:
