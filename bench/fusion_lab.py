@@ -18,8 +18,7 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,18 @@ import scipy.sparse as sp
 import xmine.fusion as fusion_module
 import xmine.models.ngame as ngame_module
 from bench.run import BENCH, DATA, DATASETS
-from bench.run_xmine import KS
+from bench.run_xmine import bench_metrics
 from xmine.cli import build_config, train_model
 from xmine.config import FusionConfig
 from xmine.data import load_dataset
-from xmine.metrics import evaluate, inverse_propensity
+from xmine.metrics import inverse_propensity
 from xmine.topk import csr_from_topk, csr_row_topk
 from xmine.utils import set_threads
 
 LAB = BENCH / "results" / "tmp" / "fusion-lab"
-SOURCES = fusion_module.SOURCES
+# fusion settings added after some captures were made, with the value that reproduces a fusion fitted before the
+# setting existed (a capture's own config has no entry for them, and the current default would apply instead)
+SETTINGS_BEFORE_THEY_EXISTED = {"positive_weight_power": 0.0, "selection_metric": "ndcg"}
 
 
 def _pad(blocks: list[np.ndarray], fill: float) -> np.ndarray:
@@ -90,7 +91,7 @@ def capture(key: str, seed: int, overrides: list[str], threads: int) -> Path:
     LAB.mkdir(parents=True, exist_ok=True)
     out = LAB / f"{key}__seed{seed}"
     np.savez(out.with_suffix(".npz"), **arrays)
-    metrics = test_metrics(ds, pred)
+    metrics = bench_metrics(ds, pred)
     meta = {"dataset": key, "seed": seed, "overrides": overrides, "sources": list(sources),
             "fusion_config": model.config.fusion.to_dict(), "fusion_seed": fit_inputs["seed"],
             "n_labels": ds.n_labels, "fusion_mode": model.fusion.mode, "train_seconds": train_seconds,
@@ -99,12 +100,6 @@ def capture(key: str, seed: int, overrides: list[str], threads: int) -> Path:
     print(f"{key} seed {seed}: trained in {train_seconds:.0f} s, fused P@1 {metrics['P@1']:.2f} "
           f"PSP@5 {metrics['PSP@5']:.2f} ({model.fusion.mode})", flush=True)
     return out
-
-
-def test_metrics(ds: Any, pred: sp.csr_matrix) -> dict[str, float]:
-    """The bench's metrics (bench.run_xmine): propensities from the training labels, the dataset's filter."""
-    return evaluate(pred, ds.test.labels, ks=KS, inv_propensity=inverse_propensity(ds.train.labels),
-                    filter_pairs=ds.test.filter_pairs)
 
 
 class Recorded:
@@ -141,58 +136,9 @@ def as_trained(recorded: Recorded, config: FusionConfig) -> np.ndarray:
     return refit(recorded, config).combine(recorded.test_scores, recorded.test_candidates)
 
 
-@contextmanager
-def patched(module: Any, name: str, value: Any) -> Iterator[None]:
-    original = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
-
-
 def select_with_psp(recorded: Recorded, config: FusionConfig) -> np.ndarray:
     """Options chosen by nDCG@5 + PSnDCG@5 on the held-out points instead of nDCG@5 alone."""
     return as_trained(recorded, config.replace(selection_metric="ndcg+psndcg"))
-
-
-def weighted_positives(power: float) -> Variant:
-    """The regression and the tree fitted with each positive pair weighted by its label's inverse propensity
-    to `power` (negatives 1), so that tail labels' positives count for more."""
-    def variant(recorded: Recorded, config: FusionConfig) -> np.ndarray:
-        original_lr_fit = fusion_module.LogisticRegression.fit
-        original_tree_fit = fusion_module.DecisionTreeClassifier.fit
-        log_inv_p_column = len(recorded.sources)  # _features: the sources, then log inverse propensity
-
-        def weights(x: np.ndarray, y: np.ndarray, standardised: bool) -> np.ndarray:
-            log_inv_p = x[:, log_inv_p_column]
-            if standardised:  # the regression sees standardised features: undo it from the raw pairs' stats
-                log_inv_p = log_inv_p * state["std"] + state["mean"]
-            w = np.where(y, np.exp(power * log_inv_p), 1.0)
-            return w * (len(w) / w.sum())
-
-        state: dict[str, float] = {}
-
-        def lr_fit(self, x, y, sample_weight=None):
-            w = weights(x, y, True)
-            return original_lr_fit(self, x, y, sample_weight=w if sample_weight is None else w * sample_weight)
-
-        def tree_fit(self, x, y, sample_weight=None, check_input=True):
-            return original_tree_fit(self, x, y, sample_weight=weights(x, y, False))
-
-        original_features = fusion_module.ScoreFusion._features
-
-        def features(self, scores, candidates):
-            out = original_features(self, scores, candidates)
-            column = out[:, log_inv_p_column]
-            state["mean"], state["std"] = float(column.mean()), float(column.std() + 1e-9)
-            return out
-
-        with patched(fusion_module.LogisticRegression, "fit", lr_fit), \
-                patched(fusion_module.DecisionTreeClassifier, "fit", tree_fit), \
-                patched(fusion_module.ScoreFusion, "_features", features):
-            return as_trained(recorded, config)
-    return variant
 
 
 def fit_on(which: str) -> Variant:
@@ -209,7 +155,7 @@ def fit_on(which: str) -> Variant:
 
 
 def weighted_by_config(power: float) -> Variant:
-    """FusionConfig.positive_weight_power: xmine's implementation of the weighting above."""
+    """Positive pairs weighted by inverse propensity to `power` (FusionConfig.positive_weight_power)."""
     def variant(recorded: Recorded, config: FusionConfig) -> np.ndarray:
         return as_trained(recorded, config.replace(positive_weight_power=power))
     return variant
@@ -218,8 +164,6 @@ def weighted_by_config(power: float) -> Variant:
 VARIANTS: dict[str, Variant] = {
     "as trained": as_trained,
     "select by nDCG@5 + PSnDCG@5": select_with_psp,
-    "positives weighted inv_p^0.5": weighted_positives(0.5),
-    "positives weighted inv_p^1": weighted_positives(1.0),
     "positive_weight_power=0.5": weighted_by_config(0.5),
     "positive_weight_power=0.25": weighted_by_config(0.25),
     "fitted on unseen only": fit_on("unseen"),
@@ -231,22 +175,22 @@ def evaluate_all(keys: list[str], seeds: list[int], variants: list[str]) -> None
     for key in keys:
         folder, text_variant, _ = DATASETS[key]
         ds = load_dataset(DATA / folder, text_variant=text_variant)
+        inv_propensity = inverse_propensity(ds.train.labels)
         per_variant: dict[str, dict[str, list[float]]] = {}
         for seed in seeds:
             path = LAB / f"{key}__seed{seed}"
             if not path.with_suffix(".npz").exists():
                 continue
             recorded = Recorded(path)
-            config = FusionConfig.from_dict(recorded.meta["fusion_config"])
+            config = FusionConfig.from_dict({**SETTINGS_BEFORE_THEY_EXISTED, **recorded.meta["fusion_config"]})
             trained = recorded.meta["trained_metrics"]
             per_variant.setdefault("model", {"P@1": [], "PSP@5": []})
             per_variant["model"]["P@1"].append(trained["P@1"])
             per_variant["model"]["PSP@5"].append(trained["PSP@5"])
             for name in variants:
-                fused = VARIANTS[name](recorded, config)
-                fused = np.where(recorded.test_candidates >= 0, fused, -np.inf)
+                fused = VARIANTS[name](recorded, config)  # -inf on padding candidates (ScoreFusion.combine)
                 pred = csr_row_topk(csr_from_topk(fused, recorded.test_candidates, ds.n_labels), 100)
-                metrics = test_metrics(ds, pred)
+                metrics = bench_metrics(ds, pred, inv_propensity)
                 per_variant.setdefault(name, {"P@1": [], "PSP@5": []})
                 per_variant[name]["P@1"].append(metrics["P@1"])
                 per_variant[name]["PSP@5"].append(metrics["PSP@5"])

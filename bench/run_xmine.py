@@ -29,6 +29,14 @@ from xmine.utils import peak_rss_mb, set_threads
 KS = (1, 3, 5)
 
 
+def bench_metrics(ds, pred, inv_propensity: np.ndarray | None = None) -> dict[str, float]:
+    """The bench's metrics of predictions on a dataset's test set: propensities from its training labels (pass
+    them in to compute them once), its filter pairs."""
+    if inv_propensity is None:
+        inv_propensity = inverse_propensity(ds.train.labels)
+    return evaluate(pred, ds.test.labels, ks=KS, inv_propensity=inv_propensity, filter_pairs=ds.test.filter_pairs)
+
+
 def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
@@ -128,9 +136,7 @@ def main() -> None:
         shutil.rmtree(model_dir, ignore_errors=True)
     result.update({k: v for k, v in run.items() if k != "predictions"})
     result["predict_points_per_s"] = ds.test.n_points / max(run["predict_seconds"], 1e-9)
-    result["metrics"] = {kind: evaluate(pred, ds.test.labels, ks=KS, inv_propensity=inv_p,
-                                        filter_pairs=ds.test.filter_pairs)
-                         for kind, pred in run["predictions"].items()}
+    result["metrics"] = {kind: bench_metrics(ds, pred, inv_p) for kind, pred in run["predictions"].items()}
     result["peak_rss_mb"] = peak_rss_mb()
     result["prediction_files"] = {}
     for kind, pred in run["predictions"].items():  # kept for bench/reports.py (xmine report)

@@ -157,14 +157,14 @@ def main() -> None:
             if not values:
                 cells += ["", "", ""]
                 continue
-            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+            mean, spread = mean_sd(values)
             versus = []
             for lead in (False, True):
                 peer = best_peer(key, metric, lead)
                 if peer:
                     wins = f"{sum(v > peer[0] for v in values)} of {len(values)}"
                     versus.append(f"{peer[0]:.2f} ({peer[1]}), NGAME above in {wins}")
-            cells += [" / ".join(f"{v:.2f}" for v in values), f"{statistics.mean(values):.2f} ± {spread:.2f}",
+            cells += [" / ".join(f"{v:.2f}" for v in values), f"{mean:.2f} ± {spread:.2f}",
                       "; ".join(versus) or "no peer result"]
         rows.append(f"| {key} | " + " | ".join(cells) + " |")
     text = "\n".join([
