@@ -3,8 +3,9 @@
 `RowSparseAdam` is "lazy" Adam over the rows that a step's sparse gradient holds, the update of
 `torch.optim.SparseAdam`: rows without a gradient keep their values and moments. SparseAdam computes it through
 sparse-tensor arithmetic, which costs several times more per row than gathering the rows' moments, updating them
-densely and writing them back, as this does. It trains the bag encoder's token-embedding table (a batch touches a
-few thousand of its 30k rows) and, with `classifier.row_sparse_updates`, the classifiers' weights.
+densely and writing them back, as this does. It trains the classifiers' weights with
+`classifier.row_sparse_updates`, and the bag encoder's token-embedding table (a batch touches a few thousand of its
+30k rows) with `siamese.embedding_optimizer=row_sparse_adam`.
 """
 
 from __future__ import annotations
