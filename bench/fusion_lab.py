@@ -161,13 +161,28 @@ def weighted_by_config(power: float) -> Variant:
     return variant
 
 
+def todays_default(recorded: Recorded, config: FusionConfig) -> np.ndarray:
+    """The fusion as configured by default now, whatever the capture was trained with."""
+    return as_trained(recorded, FusionConfig())
+
+
+def boosted(rounds: int) -> Variant:
+    """Today's default with gradient-boosted trees in the single tree's place (FusionConfig.boosting_rounds)."""
+    def variant(recorded: Recorded, config: FusionConfig) -> np.ndarray:
+        return as_trained(recorded, FusionConfig(boosting_rounds=rounds))
+    return variant
+
+
 VARIANTS: dict[str, Variant] = {
     "as trained": as_trained,
+    "today's default": todays_default,
     "select by nDCG@5 + PSnDCG@5": select_with_psp,
     "positive_weight_power=0.5": weighted_by_config(0.5),
     "positive_weight_power=0.25": weighted_by_config(0.25),
     "fitted on unseen only": fit_on("unseen"),
     "fitted on all held-out": fit_on("all"),
+    "boosting_rounds=50": boosted(50),
+    "boosting_rounds=100": boosted(100),
 }
 
 

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from xmine.config import FusionConfig
-from xmine.fusion import LEAKAGE_MARGIN, SELECTION_MARGIN, ScoreFusion, choose_mode
+from xmine.fusion import LEAKAGE_MARGIN, LEARNED_MODES, SELECTION_MARGIN, ScoreFusion, choose_mode
 from xmine.metrics import evaluate
 from xmine.topk import csr_from_topk, csr_row_topk, lookup_csr
 
@@ -37,7 +37,7 @@ def test_learned_fusion_is_never_worse_than_its_inputs_on_its_fitting_sample():
     assert fused >= _ndcg5(scores["encoder"], cand, truth) - SELECTION_MARGIN
     assert fused >= max(results.values()) - SELECTION_MARGIN
     # two independent noisy views: combining them should help here
-    assert fusion.mode in ("lr", "tree", "lr+tree")
+    assert fusion.mode in LEARNED_MODES
 
 
 def test_fixed_fusion_is_the_weighted_sum():
@@ -48,13 +48,14 @@ def test_fixed_fusion_is_the_weighted_sum():
     assert np.allclose(fusion.combine(scores, cand), expected)
 
 
-def test_save_load_gives_identical_scores(tmp_path):
+@pytest.mark.parametrize("rounds", [0, 50])  # NGAME's single tree, boosted trees
+def test_save_load_gives_identical_scores(tmp_path, rounds):
     cand, scores, truth, inv_p = _problem(2)
-    fusion = ScoreFusion(FusionConfig(), inv_p, ("classifier", "encoder"))
+    fusion = ScoreFusion(FusionConfig(boosting_rounds=rounds), inv_p, ("classifier", "encoder"))
     fusion.fit(scores, cand, truth)
     fusion.save(tmp_path)
     loaded = ScoreFusion.load(tmp_path)
-    for mode in ("lr", "tree", "lr+tree"):
+    for mode in ("lr", "tree", "lr+tree") if rounds == 0 else ("lr", "boost", "lr+boost"):
         fusion.mode = loaded.mode = mode
         assert np.allclose(fusion.combine(scores, cand), loaded.combine(scores, cand))
 
@@ -120,6 +121,10 @@ def test_near_equal_fusion_options_go_to_the_richest_and_clear_winners_win():
     assert choose_mode({"encoder": 40.0, "tree": 60.4, "lr": 59.0, "lr+tree": 60.4 - SELECTION_MARGIN / 2}) == "lr+tree"
     assert choose_mode({"encoder": 40.0, "tree": 61.0, "lr": 59.0, "lr+tree": 60.0}) == "tree"
     assert choose_mode({"classifier": 70.0, "encoder": 40.0, "knn": 50.0, "lr": 60.0}) == "classifier"
+    # the boosted trees are kept only when they beat the regression by more than the margin
+    assert choose_mode({"lr": 60.8, "lr+boost": 60.8 - SELECTION_MARGIN / 2, "boost": 60.0}) == "lr"
+    assert choose_mode({"lr": 60.8, "lr+boost": 60.8 + SELECTION_MARGIN / 2, "boost": 60.0}) == "lr"
+    assert choose_mode({"lr": 60.8, "lr+boost": 60.8 + 2 * SELECTION_MARGIN, "boost": 61.5}) == "lr+boost"
 
 
 def test_fitted_options_are_judged_out_of_fold():
@@ -127,8 +132,10 @@ def test_fitted_options_are_judged_out_of_fold():
     # better than points it has not seen, and the selection must see the latter
     cand, scores, truth, inv_p = _problem(3, n=150)
     scores = {name: value + np.random.default_rng(9).normal(0, 2.0, value.shape) for name, value in scores.items()}
-    in_sample = ScoreFusion(FusionConfig(selection_folds=1, max_depth=7), inv_p, ("classifier", "encoder"))
-    cross_fitted = ScoreFusion(FusionConfig(selection_folds=3, max_depth=7), inv_p, ("classifier", "encoder"))
+    in_sample = ScoreFusion(FusionConfig(selection_folds=1, max_depth=7, boosting_rounds=0), inv_p,
+                            ("classifier", "encoder"))
+    cross_fitted = ScoreFusion(FusionConfig(selection_folds=3, max_depth=7, boosting_rounds=0), inv_p,
+                               ("classifier", "encoder"))
     a, b = in_sample.fit(scores, cand, truth), cross_fitted.fit(scores, cand, truth)
     assert b["tree"] < a["tree"] - 1.0
     assert b["classifier"] == a["classifier"]  # the sources need no fitting: scored as they are
@@ -210,7 +217,7 @@ def test_unsampled_unbinned_fit_gives_the_plain_models_on_every_pair():
     cand, scores, truth, inv_p = _problem(6)
     fits = {}
     for cap in (0, cand.size):
-        fusion = ScoreFusion(FusionConfig(selection_folds=1, fit_pairs=cap, tree_bins=0), inv_p,
+        fusion = ScoreFusion(FusionConfig(selection_folds=1, fit_pairs=cap, tree_bins=0, boosting_rounds=0), inv_p,
                              ("classifier", "encoder"))
         fusion.fit(scores, cand, truth)
         fits[cap] = fusion
@@ -237,7 +244,8 @@ def test_the_regression_fitted_on_a_sample_of_pairs_ranks_like_the_one_fitted_on
     cand, scores, truth, _ = _problem(8, n=1000)
     fitted = {}
     for cap in (0, fit_cand.size // 4):
-        fusion = ScoreFusion(FusionConfig(selection_folds=1, fit_pairs=cap), inv_p, ("classifier", "encoder"))
+        fusion = ScoreFusion(FusionConfig(selection_folds=1, fit_pairs=cap, boosting_rounds=0), inv_p,
+                             ("classifier", "encoder"))
         fusion.fit(fit_scores, fit_cand, fit_truth)
         fusion.mode = "lr"
         fitted[cap] = fusion
@@ -248,16 +256,19 @@ def test_the_regression_fitted_on_a_sample_of_pairs_ranks_like_the_one_fitted_on
         < 0.5
 
 
-def test_fusion_fitted_in_threads_equals_the_one_fitted_in_one():
+@pytest.mark.parametrize("rounds", [0, 50])
+def test_fusion_fitted_in_threads_equals_the_one_fitted_in_one(rounds):
     cand, scores, truth, inv_p = _problem(9, n=300)
     unseen = np.zeros(len(cand), dtype=bool)
     unseen[200:] = True
-    fusions = {n_jobs: ScoreFusion(FusionConfig(), inv_p, ("classifier", "encoder")) for n_jobs in (1, 3)}
+    fusions = {n_jobs: ScoreFusion(FusionConfig(boosting_rounds=rounds), inv_p, ("classifier", "encoder"))
+               for n_jobs in (1, 3)}
     reports = {n_jobs: fusion.fit_checked(scores, cand, truth, unseen, seed=1, n_jobs=n_jobs)
                for n_jobs, fusion in fusions.items()}
     assert reports[1] == reports[3]
     assert fusions[1].mode == fusions[3].mode and np.array_equal(fusions[1].coef, fusions[3].coef)
-    assert all(np.array_equal(fusions[1].tree[key], fusions[3].tree[key]) for key in fusions[1].tree)
+    trees = [fusion.tree if rounds == 0 else fusion.forest for fusion in (fusions[1], fusions[3])]
+    assert all(np.array_equal(trees[0][key], trees[1][key]) for key in trees[0])
 
 
 def test_subsample_pairs_keeps_every_positive_up_to_half_and_weights_back_to_the_full_counts():
@@ -299,7 +310,8 @@ def test_binned_tree_ranks_held_out_points_about_as_well_as_the_exact_one():
     cand, scores, truth, _ = _problem(11, n=1000)
     held_out = []
     for bins in (0, 255):
-        fusion = ScoreFusion(FusionConfig(selection_folds=1, tree_bins=bins), inv_p, ("classifier", "encoder"))
+        fusion = ScoreFusion(FusionConfig(selection_folds=1, tree_bins=bins, boosting_rounds=0), inv_p,
+                             ("classifier", "encoder"))
         fusion.fit(fit_scores, fit_cand, fit_truth)
         fusion.mode = "tree"
         held_out.append(_ndcg5(fusion.combine(scores, cand), cand, truth))
@@ -341,3 +353,53 @@ def test_weighting_rare_labels_positives_raises_the_fusions_weight_on_rarity():
         fusion.fit(scores, cand, truth)
         rarity[power] = fusion.coef[fusion.rarity_column]  # the regression's weight on log inverse propensity
     assert rarity[1.0] > rarity[0.0] + 0.1
+
+
+def test_boosted_tree_arrays_reproduce_sklearn_predictions():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from xmine.fusion import BOOSTING, _forest_arrays, _forest_predict
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3000, 4))
+    y = x[:, 0] + x[:, 1] * x[:, 2] + rng.normal(size=3000) > 0.5
+    model = HistGradientBoostingClassifier(max_iter=20, early_stopping=False, random_state=0, **BOOSTING).fit(x, y)
+    forest = _forest_arrays(model)
+    assert len(forest["roots"]) == 20
+    test = rng.normal(size=(1000, 4))
+    np.testing.assert_allclose(_forest_predict(forest, test), model.predict_proba(test)[:, 1], rtol=0, atol=1e-12)
+
+
+def test_boosted_fusion_is_chosen_among_its_own_options_and_survives_save_load(tmp_path):
+    cand, scores, truth, inv_p = _problem(5, n=800)
+    fusion = ScoreFusion(FusionConfig(boosting_rounds=20), inv_p, ("classifier", "encoder"))
+    results = fusion.fit(scores, cand, truth)
+    assert {"lr", "boost", "lr+boost"} <= set(results) and "tree" not in results
+    assert fusion.tree is None and fusion.forest is not None
+    fusion.save(tmp_path)
+    loaded = ScoreFusion.load(tmp_path)
+    for mode in ("lr", "boost", "lr+boost"):
+        fusion.mode = loaded.mode = mode
+        np.testing.assert_array_equal(fusion.combine(scores, cand), loaded.combine(scores, cand))
+
+
+def test_boosted_trees_that_would_loop_or_read_outside_the_features_are_refused(tmp_path):
+    from xmine.errors import ModelError
+
+    cand, scores, truth, inv_p = _problem(5, n=800)
+    fusion = ScoreFusion(FusionConfig(boosting_rounds=5), inv_p, ("classifier", "encoder"))
+    fusion.fit(scores, cand, truth)
+    fusion.save(tmp_path)
+    left = np.load(tmp_path / "forest_left.npy")
+    split = np.flatnonzero(left >= 0)
+    looping = left.copy()
+    looping[split[-1]] = split[-1]  # a node that is its own child
+    np.save(tmp_path / "forest_left.npy", looping)
+    with pytest.raises(ModelError, match="forest_left.npy.*not after its parent"):
+        ScoreFusion.load(tmp_path)
+    np.save(tmp_path / "forest_left.npy", left)
+    feature = np.load(tmp_path / "forest_feature.npy")
+    feature[split[0]] = fusion.n_features
+    np.save(tmp_path / "forest_feature.npy", feature)
+    with pytest.raises(ModelError, match="forest_feature"):
+        ScoreFusion.load(tmp_path)

@@ -377,9 +377,9 @@ class FusionConfig(Params):
     """How the candidates' scores are combined at prediction time (see xmine.fusion).
 
     "learned": fitted on held-out TRAINING points — a logistic regression and NGAME's small decision
-    tree on [classifier score, encoder similarity, TF-IDF neighbour vote, ranker score, log inverse propensity]
-    (+ with `point_context`, each score's gap to the point's best and the logit sources' ranks);
-    the best of those (or of any single source) on the held-out points is kept.
+    tree (or, with `boosting_rounds`, gradient-boosted trees) on [classifier score, encoder similarity, TF-IDF
+    neighbour vote, ranker score, log inverse propensity] (+ with `point_context`, each score's gap to the point's
+    best and the logit sources' ranks); the best of those (or of any single source) on the held-out points is kept.
     "fixed": score = weight * sigmoid(classifier) + (1 - weight) * encoder similarity.
     """
 
@@ -402,6 +402,10 @@ class FusionConfig(Params):
     # values; 0 (default): on the values themselves. Binning moved test P@1 by dataset (debian titles lower beyond
     # the seed spread, HPO higher): docs/cost.md
     tree_bins: int = 0
+    # >0: gradient-boosted trees with this many rounds take the single tree's place (fitted on the regression's
+    # sample of pairs; see xmine.fusion). More accurate on some datasets but far slower to fit and to apply, so
+    # off by default (docs/accuracy.md); 0: NGAME's single decision tree of `max_depth`
+    boosting_rounds: int = 0
     holdout_points: int = 2000
     # of the held-out points, this many are kept out of stage 1 as well. An encoder that memorised its training
     # points scores the other held-out points too well (Bibtex: held-out nDCG@5 97.7, test 58.0), and a fusion
@@ -416,7 +420,8 @@ class FusionConfig(Params):
     def validate(self) -> None:
         super().validate()
         _positive(self, "max_depth", "holdout_points", "selection_folds")
-        _non_negative(self, "stage1_unseen_points", "fit_pairs", "tree_bins", "positive_weight_power")
+        _non_negative(self, "stage1_unseen_points", "fit_pairs", "tree_bins", "positive_weight_power",
+                      "boosting_rounds")
         if self.tree_bins == 1:
             raise ConfigError("FusionConfig.tree_bins must be 0 (no binning) or at least 2, got 1")
         if not 0 <= self.weight <= 1:

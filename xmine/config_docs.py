@@ -73,7 +73,7 @@ NOTES: dict[tuple[str, str], str] = {
     ("RankerConfig", "prune_below"): "weights smaller in magnitude are dropped",
     ("FusionConfig", "kind"): "a fusion fitted on held-out training points, or a fixed weighted sum",
     ("FusionConfig", "weight"): "fixed: weight of the classifier score",
-    ("FusionConfig", "max_depth"): "learned: depth of the decision tree",
+    ("FusionConfig", "max_depth"): "learned: depth of NGAME's single decision tree (boosting_rounds=0)",
     ("FusionConfig", "holdout_points"): "training points held out of the classifiers to fit the fusion on "
                                         "(at most a fifth of the training set)",
     ("FusionConfig", "propensity_A"): "A of the inverse-propensity feature (Jain et al. 2016)",

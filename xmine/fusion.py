@@ -14,6 +14,9 @@ whose nDCG@5 on that held-out sample is within SELECTION_MARGIN of the best. The
 judged by cross-fitting (`selection_folds` folds of points: each fold scored by models fitted on the
 others), so a tree that memorised a small sample does not win on its own training points (Bibtex: tree
 68.2 in-sample, 63.2 cross-fitted, the sparse ranker alone 64.2).
+With `boosting_rounds` > 0, gradient-boosted trees (scikit-learn's HistGradientBoostingClassifier)
+take the single tree's place: the options are then [regression, regression + boosted trees, boosted trees, each
+source], in that order of preference (choose_mode). They are saved as flat arrays and walked by a compiled loop.
 "fixed": weight * sigmoid(classifier) + (1 - weight) * encoder similarity.
 
 `fit_checked` guards against leakage: when some held-out points were also unseen by the encoder's
@@ -28,8 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import scipy.sparse as sp
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 from threadpoolctl import threadpool_limits
@@ -43,7 +48,13 @@ from xmine.utils import atomic_save_npy, atomic_write_text
 
 SOURCES = ("classifier", "encoder", "knn", "ranker")
 LOGIT_SOURCES = ("classifier", "ranker")  # fused through a sigmoid, like probabilities
-PREFERENCE = ("lr+tree", "tree", "lr", *SOURCES)  # the order in which near-equal fusion options are preferred
+# the order in which near-equal fusion options are preferred: the richer of NGAME's options first, but the
+# regression before the boosted trees, which must beat it clearly to be kept (see choose_mode)
+PREFERENCE = ("lr+tree", "tree", "lr", "lr+boost", "boost", *SOURCES)
+LEARNED_MODES = ("lr", "tree", "lr+tree", "boost", "lr+boost")
+# the boosted trees' shape: small trees, shrunk steps and large leaves, so that a few hundred held-out points do not
+# get memorised (the selection's cross-fitting still judges them against the other options)
+BOOSTING = {"learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 100, "l2_regularization": 1.0}
 SELECTION_MARGIN = 0.25  # nDCG@5 points
 # the leakage check refits on the few unseen points only when that is better there by at least this much: leakage
 # shows as a large gap (Bibtex: +8.1 nDCG@5), while on HPO the two came within 0.5 either way between runs, and
@@ -76,6 +87,46 @@ def _tree_predict(tree: dict[str, np.ndarray], features: np.ndarray) -> np.ndarr
         value = features[np.arange(len(node)), np.maximum(tree["feature"][node], 0)]
         node = np.where(leaf, node, np.where(value <= tree["threshold"][node], left, tree["right"][node]))
     return tree["proba"][node]
+
+
+def _forest_arrays(model: HistGradientBoostingClassifier) -> dict[str, np.ndarray]:
+    """A fitted binary HistGradientBoostingClassifier's trees as flat arrays: every tree's nodes one after the
+    other (children as absolute node numbers, -1 at leaves), each tree's root, and the baseline log-odds; the
+    probability of a pair is sigmoid(baseline + the sum over trees of the leaf it reaches). Features are finite
+    here, so the trees' routing of missing values is not needed."""
+    parts, roots, offset = [], [], 0
+    for (predictor,) in model._predictors:  # one tree per round for a binary target
+        nodes = predictor.nodes
+        leaf = nodes["is_leaf"].astype(bool)
+        parts.append((np.where(leaf, -1, nodes["left"].astype(np.int64) + offset),
+                      np.where(leaf, -1, nodes["right"].astype(np.int64) + offset),
+                      np.where(leaf, -1, nodes["feature_idx"].astype(np.int64)),
+                      nodes["num_threshold"].astype(np.float64), nodes["value"].astype(np.float64)))
+        roots.append(offset)
+        offset += len(nodes)
+    left, right, feature, threshold, value = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return {"left": left, "right": right, "feature": feature, "threshold": threshold, "value": value,
+            "roots": np.asarray(roots, dtype=np.int64),
+            "baseline": np.asarray(model._baseline_prediction, dtype=np.float64).reshape(1)}
+
+
+@numba.njit(cache=True, nogil=True)
+def _forest_log_odds(features: np.ndarray, left: np.ndarray, right: np.ndarray, feature: np.ndarray,
+                     threshold: np.ndarray, value: np.ndarray, roots: np.ndarray, baseline: float) -> np.ndarray:
+    out = np.full(features.shape[0], baseline)
+    for i in range(features.shape[0]):
+        for root in roots:
+            node = root
+            while left[node] >= 0:
+                node = left[node] if features[i, feature[node]] <= threshold[node] else right[node]
+            out[i] += value[node]
+    return out
+
+
+def _forest_predict(forest: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    return sigmoid(_forest_log_odds(np.ascontiguousarray(features, dtype=np.float64), forest["left"],
+                                    forest["right"], forest["feature"], forest["threshold"], forest["value"],
+                                    forest["roots"], float(forest["baseline"][0])))
 
 
 def row_ranks(values: np.ndarray) -> np.ndarray:
@@ -134,7 +185,10 @@ def ndcg_at_5(fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_mat
 def choose_mode(results: dict[str, float]) -> str:
     """The fusion option to keep, given each option's held-out nDCG@5. Differences below SELECTION_MARGIN are
     noise on a few thousand points, so among the options that close to the best the richest wins (Delicious,
-    seed 2: tree 60.4 = regression + tree 60.4 held out; test P@1 66.2 vs 67.8)."""
+    seed 2: tree 60.4 = regression + tree 60.4 held out; test P@1 66.2 vs 67.8). The boosted trees are the
+    exception: they have more capacity than a few hundred held-out points can vouch for, so among near-equal
+    options the regression comes first (Delicious, seed 2: regression 60.80, regression + boosted trees 60.65 held
+    out; test P@1 70.38 vs 67.46)."""
     best = max(results.values())
     return next(m for m in (*PREFERENCE, *results) if m in results and results[m] >= best - SELECTION_MARGIN)
 
@@ -168,10 +222,11 @@ def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray,
                     config: FusionConfig, seed: int, bins: FeatureBins | None = None,
                     codes: np.ndarray | None = None, rarity_column: int | None = None
                     ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
-    """The regression's weights (+ bias) and the tree's arrays, fitted on the candidate pairs of the points where
-    `rows` is True; None when those pairs hold one class only. The regression sees at most `config.fit_pairs` of
-    them (subsample_pairs): a dozen weights need no more. The tree sees them all: its leaves, fitted on a sample's
-    fewer negatives, ranked test points measurably worse (docs/cost.md). With
+    """The regression's weights (+ bias) and the tree's arrays (with `config.boosting_rounds`, the boosted trees'),
+    fitted on the candidate pairs of the points where `rows` is True; None when those pairs hold one class only.
+    The regression sees at most `config.fit_pairs` of them (subsample_pairs): a dozen weights need no more, and the
+    boosted trees see the same sample. The tree sees them all: its leaves, fitted on a sample's fewer negatives,
+    ranked test points measurably worse (docs/cost.md). With
     `bins`, the tree is fitted on the pairs' bin `codes` (rows of `features`'s). With
     `config.positive_weight_power`, the log inverse propensity in column `rarity_column` of `features` weights the
     positive pairs."""
@@ -181,7 +236,7 @@ def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray,
         return None
     weights = positive_weights(x[:, rarity_column], y, config.positive_weight_power) \
         if config.positive_weight_power and rarity_column is not None else None
-    keep, _ = subsample_pairs(y, config.fit_pairs, np.random.default_rng([seed, 29]))
+    keep, class_weights = subsample_pairs(y, config.fit_pairs, np.random.default_rng([seed, 29]))
     sampled = len(keep) < len(y)
     x_lr, y_lr = (x[keep], y[keep]) if sampled else (x, y)
     mean, std = x_lr.mean(0), x_lr.std(0) + 1e-9
@@ -194,6 +249,13 @@ def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray,
     # fold the standardisation into the weights so prediction needs only coef
     coef_weights = lr.coef_[0] / std
     coef = np.concatenate([coef_weights, [lr.intercept_[0] - float(coef_weights @ mean)]])
+    if config.boosting_rounds:
+        # fitted on the regression's sample, each kept pair weighted by how many pairs of its class it stands for,
+        # so that the loss estimates the one over all pairs
+        boost_weights = class_weights[y_lr.astype(int)] * (weights[keep] if weights is not None else 1.0)
+        forest = HistGradientBoostingClassifier(max_iter=config.boosting_rounds, early_stopping=False,
+                                                random_state=seed, **BOOSTING)
+        return coef, _forest_arrays(forest.fit(x_lr, y_lr, sample_weight=boost_weights))
     tree = DecisionTreeClassifier(max_depth=config.max_depth, min_samples_leaf=50, random_state=seed)
     if bins is None:
         return coef, _tree_arrays(tree.fit(x, y, sample_weight=weights))
@@ -218,7 +280,8 @@ class ScoreFusion:
         self.sources = tuple(sources)
         self.mode = "fixed" if config.kind == "fixed" else "encoder"
         self.coef: np.ndarray | None = None  # logistic regression weights over the pair features (+ bias)
-        self.tree: dict[str, np.ndarray] | None = None
+        self.tree: dict[str, np.ndarray] | None = None  # NGAME's single decision tree
+        self.forest: dict[str, np.ndarray] | None = None  # the boosted trees (`boosting_rounds`)
         self.selection: dict[str, float] = {}
 
     def _features(self, scores: dict[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
@@ -246,6 +309,8 @@ class ScoreFusion:
         out = np.zeros(features.shape[0])
         if "lr" in mode:
             out += sigmoid(features @ self.coef[:-1] + self.coef[-1])
+        if "boost" in mode:
+            out += _forest_predict(self.forest, features)
         if "tree" in mode:
             out += _tree_predict(self.tree, features)
             if mode == "tree":
@@ -257,7 +322,7 @@ class ScoreFusion:
     def combine(self, scores: dict[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
         """Fused (n, C) scores; padding candidates (-1) get -inf."""
         self._check(scores, candidates)
-        needs_features = self.mode in ("lr", "tree", "lr+tree")
+        needs_features = self.mode in LEARNED_MODES
         features = self._features(scores, candidates) if needs_features else None
         return np.where(candidates >= 0, self._score_mode(self.mode, scores, candidates, features), -np.inf)
 
@@ -278,7 +343,7 @@ class ScoreFusion:
             self.mode = "encoder" if "encoder" in self.sources else self.sources[0]
             return {}
         results = {mode: self.selection_score(scores[mode], candidates, true_labels) for mode in self.sources}
-        learned = ("lr", "tree", "lr+tree")
+        learned = ("lr", "boost", "lr+boost") if self.config.boosting_rounds else ("lr", "tree", "lr+tree")
         n_points = candidates.shape[0]
         folds = min(self.config.selection_folds, n_points)
         point_fold = np.random.default_rng([seed, 23]).permutation(n_points) % folds
@@ -297,12 +362,12 @@ class ScoreFusion:
             out_of_fold = {mode: np.zeros(candidates.shape) for mode in learned}
             per_point = features.reshape(*candidates.shape, -1)
             for fold in range(folds):
-                self.coef, self.tree = fitted[fold]
+                self._use_models(fitted[fold])
                 rows = np.flatnonzero(point_fold == fold)
                 fold_features = per_point[rows].reshape(-1, features.shape[1])
                 for mode in learned:
                     out_of_fold[mode][rows] = self._score_mode(mode, scores, candidates[rows], fold_features)
-        self.coef, self.tree = fitted[-1]
+        self._use_models(fitted[-1])
         for mode in learned:
             fused = out_of_fold[mode] if out_of_fold is not None else \
                 self._score_mode(mode, scores, candidates, features)
@@ -310,6 +375,14 @@ class ScoreFusion:
         self.mode = choose_mode(results)
         self.selection = results
         return results
+
+    def _use_models(self, models: tuple[np.ndarray, dict[str, np.ndarray]] | None) -> None:
+        """Score with the regression and tree (or boosted trees) of `models` (None: none fitted)."""
+        self.coef, trees = models if models is not None else (None, None)
+        if self.config.boosting_rounds:
+            self.tree, self.forest = None, trees
+        else:
+            self.tree, self.forest = trees, None
 
     def selection_score(self, fused: np.ndarray, candidates: np.ndarray, true_labels: sp.csr_matrix) -> float:
         """What fusion options are judged by on held-out points (`FusionConfig.selection_metric`)."""
@@ -364,10 +437,11 @@ class ScoreFusion:
         directory.mkdir(parents=True, exist_ok=True)
         meta: dict[str, Any] = {"config": self.config.to_dict(), "sources": list(self.sources), "mode": self.mode,
                                 "coef": None if self.coef is None else self.coef.tolist(),
-                                "selection": self.selection, "has_tree": self.tree is not None}
-        if self.tree is not None:
-            for key, value in self.tree.items():
-                atomic_save_npy(directory / f"tree_{key}.npy", value)
+                                "selection": self.selection, "has_tree": self.tree is not None,
+                                "has_forest": self.forest is not None}
+        for prefix, arrays in (("tree", self.tree), ("forest", self.forest)):
+            for key, value in (arrays or {}).items():
+                atomic_save_npy(directory / f"{prefix}_{key}.npy", value)
         atomic_save_npy(directory / "inv_propensity.npy", self.inv_propensity)
         atomic_write_text(directory / "fusion.json", json.dumps(meta, indent=2))
 
@@ -395,7 +469,7 @@ class ScoreFusion:
         obj = cls(config, inv_propensity, tuple(sources))
         obj.mode = json_field(meta, "mode", "fusion", meta_path, str)
         obj.selection = json_field(meta, "selection", "fusion", meta_path, dict)
-        if obj.mode not in ("fixed", "encoder", "lr", "tree", "lr+tree", *obj.sources):
+        if obj.mode not in ("fixed", "encoder", *LEARNED_MODES, *obj.sources):
             raise model_error("fusion", meta_path, f"unknown fusion mode {obj.mode!r}")
         coef = json_field(meta, "coef", "fusion", meta_path, (list, type(None)))
         if coef is not None:
@@ -405,7 +479,10 @@ class ScoreFusion:
                                    shape=(obj.n_features + 1,), name="coef")
         if json_field(meta, "has_tree", "fusion", meta_path, bool):
             obj.tree = _load_tree(directory, obj.n_features)
-        if obj.mode in ("lr", "tree", "lr+tree") and obj.coef is None or "tree" in obj.mode and obj.tree is None:
+        if meta.get("has_forest") is not None and json_field(meta, "has_forest", "fusion", meta_path, bool):
+            obj.forest = _load_forest(directory, obj.n_features)
+        if (obj.mode in LEARNED_MODES and obj.coef is None or "tree" in obj.mode and obj.tree is None
+                or "boost" in obj.mode and obj.forest is None):
             raise model_error("fusion", meta_path, f"mode {obj.mode!r} needs parts that were not saved")
         return obj
 
@@ -427,3 +504,31 @@ def _load_tree(directory: Path, n_features: int) -> dict[str, np.ndarray]:
     if float(tree["proba"].min()) < 0 or float(tree["proba"].max()) > 1:
         raise model_error("fusion", directory / "tree_proba.npy", "probabilities outside [0, 1]")
     return tree
+
+
+def _load_forest(directory: Path, n_features: int) -> dict[str, np.ndarray]:
+    """The boosted trees' arrays, checked so that walking them stays inside them and ends: every child comes
+    after its parent, so no walk can cycle."""
+    forest = {key: load_npy(directory / f"forest_{key}.npy", "fusion", kind="i", ndim=1)
+              for key in ("left", "right", "feature", "roots")}
+    forest.update({key: load_npy(directory / f"forest_{key}.npy", "fusion", ndim=1)
+                   for key in ("threshold", "value", "baseline")})
+    n_nodes = forest["left"].shape[0]
+    path = directory / "forest_left.npy"
+    if n_nodes == 0 or {forest[k].shape[0] for k in ("left", "right", "feature", "threshold", "value")} != {n_nodes}:
+        raise model_error("fusion", path, "the boosted trees' arrays have different lengths")
+    if forest["baseline"].shape != (1,) or forest["roots"].shape[0] == 0:
+        raise model_error("fusion", directory / "forest_roots.npy", "no trees, or not one baseline")
+    check_index_range(forest["roots"], 0, n_nodes, "fusion", directory / "forest_roots.npy", "forest_roots")
+    node = np.arange(n_nodes)
+    split = forest["left"] >= 0
+    for side in ("left", "right"):
+        child = forest[side]
+        check_index_range(child, -1, n_nodes, "fusion", directory / f"forest_{side}.npy", f"forest_{side}")
+        if np.any((child >= 0) != split) or np.any(child[split] <= node[split]):
+            raise model_error("fusion", directory / f"forest_{side}.npy",
+                              "a child that is not after its parent, or a node with one child")
+    check_index_range(forest["feature"][split], 0, n_features, "fusion", directory / "forest_feature.npy",
+                      "forest_feature")
+    return {key: np.ascontiguousarray(value, dtype=np.int64 if value.dtype.kind in "iu" else np.float64)
+            for key, value in forest.items()}

@@ -75,6 +75,9 @@ FUSED_SCORE_SCALES = {
                "half of it is a probability-like score",
     "lr": "relevance probability of a logistic regression on the score sources, in [0, 1]",
     "tree": "relevance probability of a decision-tree leaf, in [0, 1]",
+    "lr+boost": "sum of two relevance probabilities (logistic regression + gradient-boosted trees), in [0, 2]; "
+                "half of it is a probability-like score",
+    "boost": "relevance probability of gradient-boosted trees, in [0, 1]",
     "fixed": "weight * sigmoid(classifier logit) + (1 - weight) * cosine similarity, in [-1, 1]",
     "classifier": "per-label classifier logit, unbounded (sigmoid gives a probability-like score)",
     "ranker": "sparse ranker logit, unbounded (sigmoid gives a probability-like score)",
