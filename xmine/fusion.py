@@ -255,7 +255,10 @@ def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray,
         boost_weights = class_weights[y_lr.astype(int)] * (weights[keep] if weights is not None else 1.0)
         forest = HistGradientBoostingClassifier(max_iter=config.boosting_rounds, early_stopping=False,
                                                 random_state=seed, **BOOSTING)
-        return coef, _forest_arrays(forest.fit(x_lr, y_lr, sample_weight=boost_weights))
+        # OpenMP's thread count is per thread: a limit set by the caller does not reach this worker thread, and
+        # each fit would start a team of all cores beside the other fits
+        with threadpool_limits(limits=1, user_api="openmp"):
+            return coef, _forest_arrays(forest.fit(x_lr, y_lr, sample_weight=boost_weights))
     tree = DecisionTreeClassifier(max_depth=config.max_depth, min_samples_leaf=50, random_state=seed)
     if bins is None:
         return coef, _tree_arrays(tree.fit(x, y, sample_weight=weights))
