@@ -136,11 +136,6 @@ def as_trained(recorded: Recorded, config: FusionConfig) -> np.ndarray:
     return refit(recorded, config).combine(recorded.test_scores, recorded.test_candidates)
 
 
-def select_with_psp(recorded: Recorded, config: FusionConfig) -> np.ndarray:
-    """Options chosen by nDCG@5 + PSnDCG@5 on the held-out points instead of nDCG@5 alone."""
-    return as_trained(recorded, config.replace(selection_metric="ndcg+psndcg"))
-
-
 def fit_on(which: str) -> Variant:
     """The fusion fitted on the held-out points stage 1 saw ("seen"), never saw ("unseen") or all of them, without
     the leakage check's choice."""
@@ -154,10 +149,10 @@ def fit_on(which: str) -> Variant:
     return variant
 
 
-def weighted_by_config(power: float) -> Variant:
-    """Positive pairs weighted by inverse propensity to `power` (FusionConfig.positive_weight_power)."""
+def with_settings(**settings: Any) -> Variant:
+    """The capture's own fusion settings with `settings` changed."""
     def variant(recorded: Recorded, config: FusionConfig) -> np.ndarray:
-        return as_trained(recorded, config.replace(positive_weight_power=power))
+        return as_trained(recorded, config.replace(**settings))
     return variant
 
 
@@ -176,9 +171,9 @@ def boosted(rounds: int) -> Variant:
 VARIANTS: dict[str, Variant] = {
     "as trained": as_trained,
     "today's default": todays_default,
-    "select by nDCG@5 + PSnDCG@5": select_with_psp,
-    "positive_weight_power=0.5": weighted_by_config(0.5),
-    "positive_weight_power=0.25": weighted_by_config(0.25),
+    "select by nDCG@5 + PSnDCG@5": with_settings(selection_metric="ndcg+psndcg"),
+    "positive_weight_power=0.5": with_settings(positive_weight_power=0.5),
+    "positive_weight_power=0.25": with_settings(positive_weight_power=0.25),
     "fitted on unseen only": fit_on("unseen"),
     "fitted on all held-out": fit_on("all"),
     "boosting_rounds=50": boosted(50),
