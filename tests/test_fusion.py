@@ -403,3 +403,10 @@ def test_boosted_trees_that_would_loop_or_read_outside_the_features_are_refused(
     np.save(tmp_path / "forest_feature.npy", feature)
     with pytest.raises(ModelError, match="forest_feature"):
         ScoreFusion.load(tmp_path)
+
+
+def test_a_negative_number_of_boosting_rounds_is_refused():
+    from xmine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="boosting_rounds must be >= 0"):
+        FusionConfig.from_dict({"boosting_rounds": -1})
