@@ -424,7 +424,7 @@ def main() -> None:
         command = "python -m bench.run " + " ".join(f'"{a}"' if " " in a else a for a in sys.argv[1:])
         meta = {"date": dt.date.today().isoformat(), "machine": machine(), "threads": args.threads,
                 "command": command.strip(), "wall_minutes": round((time.time() - start) / 60, 1),
-                "every_run_executed": args.force}
+                "every_run_executed": args.force and not args.exclude}
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     stages = stage_table(results)
     pareto = BENCH / "results" / f"{name}-pareto.png"
