@@ -370,6 +370,24 @@ def test_boosted_tree_arrays_reproduce_sklearn_predictions():
     np.testing.assert_allclose(_forest_predict(forest, test), model.predict_proba(test)[:, 1], rtol=0, atol=1e-12)
 
 
+def test_boosted_trees_fitted_on_bin_codes_give_the_same_probabilities_walked_on_values():
+    # the fusion fits the boosted trees on FeatureBins codes (cheap to bin) and walks them on values
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from xmine.fusion import BOOSTING, BOOSTING_BINS, FeatureBins, _forest_arrays, _forest_predict
+
+    rng = np.random.default_rng(6)
+    x = np.column_stack([rng.normal(size=4000), rng.exponential(size=4000), rng.integers(0, 4, 4000)])
+    y = x[:, 0] * x[:, 1] + x[:, 2] + rng.normal(size=4000) > 1.5
+    bins = FeatureBins(x[:3000], BOOSTING_BINS)
+    model = HistGradientBoostingClassifier(max_iter=15, early_stopping=False, random_state=0, **BOOSTING)
+    model.fit(bins.codes(x[:3000]), y[:3000], sample_weight=1 + rng.random(3000))
+    on_values = bins.value_thresholds(_forest_arrays(model))
+    test = x[3000:]  # values the edges were not computed from, as at prediction
+    np.testing.assert_allclose(_forest_predict(on_values, test), model.predict_proba(bins.codes(test))[:, 1],
+                               rtol=0, atol=1e-12)
+
+
 def test_boosted_fusion_is_chosen_among_its_own_options_and_survives_save_load(tmp_path):
     cand, scores, truth, inv_p = _problem(5, n=800)
     fusion = ScoreFusion(FusionConfig(boosting_rounds=20), inv_p, ("classifier", "encoder"))

@@ -55,6 +55,10 @@ LEARNED_MODES = ("lr", "tree", "lr+tree", "boost", "lr+boost")
 # the boosted trees' shape: small trees, shrunk steps and large leaves, so that a few hundred held-out points do not
 # get memorised (the selection's cross-fitting still judges them against the other options)
 BOOSTING = {"learning_rate": 0.1, "max_leaf_nodes": 31, "min_samples_leaf": 100, "l2_regularization": 1.0}
+# the boosted trees are fitted on FeatureBins codes (255 values at most, scikit-learn's own bin count): a column
+# with so few distinct values is binned by its values, where raw values with sample weights would cost a weighted
+# percentile per bin edge and feature in every fit (nearly all of the fit's time, py-spy)
+BOOSTING_BINS = 255
 SELECTION_MARGIN = 0.25  # nDCG@5 points
 # the leakage check refits on the few unseen points only when that is better there by at least this much: leakage
 # shows as a large gap (Bibtex: +8.1 nDCG@5), while on HPO the two came within 0.5 either way between runs, and
@@ -110,11 +114,11 @@ def _forest_arrays(model: HistGradientBoostingClassifier) -> dict[str, np.ndarra
             "baseline": np.asarray(model._baseline_prediction, dtype=np.float64).reshape(1)}
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _forest_log_odds(features: np.ndarray, left: np.ndarray, right: np.ndarray, feature: np.ndarray,
                      threshold: np.ndarray, value: np.ndarray, roots: np.ndarray, baseline: float) -> np.ndarray:
     out = np.full(features.shape[0], baseline)
-    for i in range(features.shape[0]):
+    for i in numba.prange(features.shape[0]):  # pairs are independent; each sums its trees in the same order
         for root in roots:
             node = root
             while left[node] >= 0:
@@ -209,12 +213,13 @@ class FeatureBins:
                         axis=1).astype(np.float32)
 
     def value_thresholds(self, tree: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`tree` (fitted on codes) with its split thresholds on feature values."""
-        split = tree["feature"] >= 0
+        """`tree` (one tree or a forest's nodes, fitted on codes) with its split thresholds on feature values: a
+        split `code <= t` is `code <= floor(t)`, which is `value <= edges[floor(t)]`."""
         threshold = tree["threshold"].copy()
-        for node in np.flatnonzero(split):
-            edges = self.edges[tree["feature"][node]]
-            threshold[node] = edges[min(int(np.floor(threshold[node])), len(edges) - 1)]
+        for j, edges in enumerate(self.edges):
+            nodes = np.flatnonzero(tree["feature"] == j)
+            if nodes.size and edges.size:
+                threshold[nodes] = edges[np.minimum(np.floor(threshold[nodes]).astype(np.int64), len(edges) - 1)]
         return {**tree, "threshold": threshold}
 
 
@@ -227,7 +232,7 @@ def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray,
     The regression sees at most `config.fit_pairs` of them (subsample_pairs): a dozen weights need no more, and the
     boosted trees see the same sample. The tree sees them all: its leaves, fitted on a sample's fewer negatives,
     ranked test points measurably worse (docs/cost.md). With
-    `bins`, the tree is fitted on the pairs' bin `codes` (rows of `features`'s). With
+    `bins`, the tree is fitted on the pairs' bin `codes` (rows of `features`'s); the boosted trees always are. With
     `config.positive_weight_power`, the log inverse propensity in column `rarity_column` of `features` weights the
     positive pairs."""
     pairs = np.flatnonzero((valid & rows[:, None]).ravel())
@@ -255,10 +260,12 @@ def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray,
         boost_weights = class_weights[y_lr.astype(int)] * (weights[keep] if weights is not None else 1.0)
         forest = HistGradientBoostingClassifier(max_iter=config.boosting_rounds, early_stopping=False,
                                                 random_state=seed, **BOOSTING)
+        pair_codes = codes[pairs]
         # OpenMP's thread count is per thread: a limit set by the caller does not reach this worker thread, and
         # each fit would start a team of all cores beside the other fits
         with threadpool_limits(limits=1, user_api="openmp"):
-            return coef, _forest_arrays(forest.fit(x_lr, y_lr, sample_weight=boost_weights))
+            forest.fit(pair_codes[keep] if sampled else pair_codes, y_lr, sample_weight=boost_weights)
+        return coef, bins.value_thresholds(_forest_arrays(forest))
     tree = DecisionTreeClassifier(max_depth=config.max_depth, min_samples_leaf=50, random_state=seed)
     if bins is None:
         return coef, _tree_arrays(tree.fit(x, y, sample_weight=weights))
@@ -353,7 +360,8 @@ class ScoreFusion:
         # the fold models (each fitted without its fold's points), then the final one on all points
         fit_rows = [point_fold != fold for fold in range(folds)] if folds > 1 else []
         fit_rows.append(np.ones(n_points, dtype=bool))
-        bins = FeatureBins(features, self.config.tree_bins, seed=seed) if self.config.tree_bins else None
+        n_bins = self.config.tree_bins or (BOOSTING_BINS if self.config.boosting_rounds else 0)
+        bins = FeatureBins(features, n_bins, seed=seed) if n_bins else None
         codes = bins.codes(features) if bins is not None else None
         # one BLAS thread per fit: the fits themselves are the parallel units (nested thread teams on two cores
         # oversubscribe them). This limit is process-wide for BLAS but not for OpenMP, whose thread count is per
