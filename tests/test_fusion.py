@@ -358,7 +358,7 @@ def test_weighting_rare_labels_positives_raises_the_fusions_weight_on_rarity():
 def test_boosted_tree_arrays_reproduce_sklearn_predictions():
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from xmine.fusion import BOOSTING, _forest_arrays, _forest_predict
+    from xmine.fusion import BOOSTING, _forest_arrays, _forest_predict, _walk_layout
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(3000, 4))
@@ -367,14 +367,14 @@ def test_boosted_tree_arrays_reproduce_sklearn_predictions():
     forest = _forest_arrays(model)
     assert len(forest["roots"]) == 20
     test = rng.normal(size=(1000, 4))
-    np.testing.assert_allclose(_forest_predict(forest, test), model.predict_proba(test)[:, 1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_forest_predict(_walk_layout(forest), test), model.predict_proba(test)[:, 1], rtol=0, atol=1e-12)
 
 
 def test_boosted_trees_fitted_on_bin_codes_give_the_same_probabilities_walked_on_values():
     # the fusion fits the boosted trees on FeatureBins codes (cheap to bin) and walks them on values
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from xmine.fusion import BOOSTING, BOOSTING_BINS, FeatureBins, _forest_arrays, _forest_predict
+    from xmine.fusion import BOOSTING, BOOSTING_BINS, FeatureBins, _forest_arrays, _forest_predict, _walk_layout
 
     rng = np.random.default_rng(6)
     x = np.column_stack([rng.normal(size=4000), rng.exponential(size=4000), rng.integers(0, 4, 4000)])
@@ -384,7 +384,7 @@ def test_boosted_trees_fitted_on_bin_codes_give_the_same_probabilities_walked_on
     model.fit(bins.codes(x[:3000]), y[:3000], sample_weight=1 + rng.random(3000))
     on_values = bins.value_thresholds(_forest_arrays(model))
     test = x[3000:]  # values the edges were not computed from, as at prediction
-    np.testing.assert_allclose(_forest_predict(on_values, test), model.predict_proba(bins.codes(test))[:, 1],
+    np.testing.assert_allclose(_forest_predict(_walk_layout(on_values), test), model.predict_proba(bins.codes(test))[:, 1],
                                rtol=0, atol=1e-12)
 
 

@@ -114,23 +114,56 @@ def _forest_arrays(model: HistGradientBoostingClassifier) -> dict[str, np.ndarra
             "baseline": np.asarray(model._baseline_prediction, dtype=np.float64).reshape(1)}
 
 
+def _walk_layout(forest: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The forest's arrays arranged for a branch-free walk: `children[node] = (left, right)` with a leaf its own
+    two children (and threshold +inf, so the walk stays there), and each tree's depth, so that every walk takes a
+    fixed number of steps. Derived from the saved arrays; not saved."""
+    leaf = forest["left"] < 0
+    node = np.arange(len(leaf))
+    children = np.stack([np.where(leaf, node, forest["left"]), np.where(leaf, node, forest["right"])], axis=1)
+    depth = np.zeros(len(leaf), dtype=np.int64)
+    for parent in np.flatnonzero(~leaf):  # children come after their parents (checked when loaded)
+        depth[children[parent]] = depth[parent] + 1
+    bounds = np.append(forest["roots"], len(leaf))
+    tree_depth = np.array([depth[a:b].max() for a, b in zip(bounds[:-1], bounds[1:], strict=True)], dtype=np.int64)
+    return {"children": np.ascontiguousarray(children, dtype=np.int64),
+            "feature": np.where(leaf, 0, forest["feature"]).astype(np.int64),
+            "threshold": np.where(leaf, np.inf, forest["threshold"]).astype(np.float64),
+            "value": forest["value"], "roots": forest["roots"], "tree_depth": tree_depth,
+            "baseline": forest["baseline"]}
+
+
+WALK_BLOCK = 16  # pairs walked through a tree together: their steps are independent, so they overlap in the CPU
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _forest_log_odds(features: np.ndarray, left: np.ndarray, right: np.ndarray, feature: np.ndarray,
-                     threshold: np.ndarray, value: np.ndarray, roots: np.ndarray, baseline: float) -> np.ndarray:
-    out = np.full(features.shape[0], baseline)
-    for i in numba.prange(features.shape[0]):  # pairs are independent; each sums its trees in the same order
-        for root in roots:
-            node = root
-            while left[node] >= 0:
-                node = left[node] if features[i, feature[node]] <= threshold[node] else right[node]
-            out[i] += value[node]
+def _forest_log_odds(features: np.ndarray, children: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
+                     value: np.ndarray, roots: np.ndarray, tree_depth: np.ndarray, baseline: float) -> np.ndarray:
+    """baseline + each tree's leaf value, summed in tree order, for every row of `features`. A step is
+    `children[node, value > threshold]`, without a branch; a walk of one pair is a chain of dependent loads, so
+    WALK_BLOCK pairs take each step together."""
+    n = features.shape[0]
+    out = np.full(n, baseline)
+    for block in numba.prange((n + WALK_BLOCK - 1) // WALK_BLOCK):
+        first = block * WALK_BLOCK
+        size = min(WALK_BLOCK, n - first)
+        node = np.empty(WALK_BLOCK, dtype=np.int64)
+        for tree in range(roots.shape[0]):
+            node[:] = roots[tree]
+            for _ in range(tree_depth[tree]):
+                for b in range(size):
+                    at = node[b]
+                    node[b] = children[at, np.int64(features[first + b, feature[at]] > threshold[at])]
+            for b in range(size):
+                out[first + b] += value[node[b]]
     return out
 
 
-def _forest_predict(forest: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
-    return sigmoid(_forest_log_odds(np.ascontiguousarray(features, dtype=np.float64), forest["left"],
-                                    forest["right"], forest["feature"], forest["threshold"], forest["value"],
-                                    forest["roots"], float(forest["baseline"][0])))
+def _forest_predict(walk: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    """Probabilities of the forest laid out by `_walk_layout`."""
+    return sigmoid(_forest_log_odds(np.ascontiguousarray(features, dtype=np.float64), walk["children"],
+                                    walk["feature"], walk["threshold"], walk["value"], walk["roots"],
+                                    walk["tree_depth"], float(walk["baseline"][0])))
 
 
 def row_ranks(values: np.ndarray) -> np.ndarray:
@@ -291,8 +324,17 @@ class ScoreFusion:
         self.mode = "fixed" if config.kind == "fixed" else "encoder"
         self.coef: np.ndarray | None = None  # logistic regression weights over the pair features (+ bias)
         self.tree: dict[str, np.ndarray] | None = None  # NGAME's single decision tree
-        self.forest: dict[str, np.ndarray] | None = None  # the boosted trees (`boosting_rounds`)
+        self.forest: dict[str, np.ndarray] | None = None  # the boosted trees (`boosting_rounds`), as saved
         self.selection: dict[str, float] = {}
+
+    @property
+    def forest(self) -> dict[str, np.ndarray] | None:
+        return self._forest
+
+    @forest.setter
+    def forest(self, forest: dict[str, np.ndarray] | None) -> None:
+        self._forest = forest
+        self._forest_walk = _walk_layout(forest) if forest is not None else None
 
     def _features(self, scores: dict[str, np.ndarray], candidates: np.ndarray) -> np.ndarray:
         values = {name: sigmoid(scores[name]) if name in LOGIT_SOURCES else scores[name] for name in self.sources}
@@ -320,7 +362,7 @@ class ScoreFusion:
         if "lr" in mode:
             out += sigmoid(features @ self.coef[:-1] + self.coef[-1])
         if "boost" in mode:
-            out += _forest_predict(self.forest, features)
+            out += _forest_predict(self._forest_walk, features)
         if "tree" in mode:
             out += _tree_predict(self.tree, features)
             if mode == "tree":
