@@ -367,7 +367,8 @@ def test_boosted_tree_arrays_reproduce_sklearn_predictions():
     forest = _forest_arrays(model)
     assert len(forest["roots"]) == 20
     test = rng.normal(size=(1000, 4))
-    np.testing.assert_allclose(_forest_predict(_walk_layout(forest), test), model.predict_proba(test)[:, 1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_forest_predict(_walk_layout(forest), test), model.predict_proba(test)[:, 1],
+                               rtol=0, atol=1e-12)
 
 
 def test_boosted_trees_fitted_on_bin_codes_give_the_same_probabilities_walked_on_values():
@@ -384,8 +385,8 @@ def test_boosted_trees_fitted_on_bin_codes_give_the_same_probabilities_walked_on
     model.fit(bins.codes(x[:3000]), y[:3000], sample_weight=1 + rng.random(3000))
     on_values = bins.value_thresholds(_forest_arrays(model))
     test = x[3000:]  # values the edges were not computed from, as at prediction
-    np.testing.assert_allclose(_forest_predict(_walk_layout(on_values), test), model.predict_proba(bins.codes(test))[:, 1],
-                               rtol=0, atol=1e-12)
+    expected = model.predict_proba(bins.codes(test))[:, 1]
+    np.testing.assert_allclose(_forest_predict(_walk_layout(on_values), test), expected, rtol=0, atol=1e-12)
 
 
 def test_boosted_fusion_is_chosen_among_its_own_options_and_survives_save_load(tmp_path):

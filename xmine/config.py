@@ -403,7 +403,7 @@ class FusionConfig(Params):
     # the seed spread, HPO higher): docs/cost.md
     tree_bins: int = 0
     # >0: gradient-boosted trees with this many rounds take the single tree's place (fitted on the regression's
-    # sample of pairs; see xmine.fusion). More accurate on some datasets but far slower to fit and to apply, so
+    # sample of pairs; see xmine.fusion). More accurate on some datasets, less on others, and slower to apply, so
     # off by default (docs/accuracy.md); 0: NGAME's single decision tree of `max_depth`
     boosting_rounds: int = 0
     holdout_points: int = 2000
