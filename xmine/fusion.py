@@ -293,11 +293,10 @@ def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray,
         boost_weights = class_weights[y_lr.astype(int)] * (weights[keep] if weights is not None else 1.0)
         forest = HistGradientBoostingClassifier(max_iter=config.boosting_rounds, early_stopping=False,
                                                 random_state=seed, **BOOSTING)
-        pair_codes = codes[pairs]
         # OpenMP's thread count is per thread: a limit set by the caller does not reach this worker thread, and
         # each fit would start a team of all cores beside the other fits
         with threadpool_limits(limits=1, user_api="openmp"):
-            forest.fit(pair_codes[keep] if sampled else pair_codes, y_lr, sample_weight=boost_weights)
+            forest.fit(codes[pairs[keep] if sampled else pairs], y_lr, sample_weight=boost_weights)
         return coef, bins.value_thresholds(_forest_arrays(forest))
     tree = DecisionTreeClassifier(max_depth=config.max_depth, min_samples_leaf=50, random_state=seed)
     if bins is None:
