@@ -366,6 +366,23 @@ def short_summary(results: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def cpu_model() -> str:
+    """The CPU's model name and the widest vector instructions torch uses on it (e.g. "AMD EPYC, AVX2"): the
+    sessions' machines differ in both, and so do their timings and which product kernels are fastest."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), name)
+    except OSError:
+        pass
+    try:
+        import torch
+
+        return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+    except (ImportError, AttributeError):
+        return name
+
+
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     try:
@@ -374,7 +391,7 @@ def machine() -> str:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     except ImportError:
         gpu = "no GPU"
-    return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), {mem:.0f} GiB RAM, {gpu}"
+    return f"{os.cpu_count()} CPU cores ({cpu_model()}), {mem:.0f} GiB RAM, {gpu}"
 
 
 def describe(meta: dict, suite: str, quick: bool, results: list[dict]) -> str:

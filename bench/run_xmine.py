@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.run import cpu_model
 from xmine.cli import build_config, save_predictions, setup_logging, train_model
 from xmine.config import EncoderConfig, IndexConfig
 from xmine.data import load_dataset
@@ -100,7 +101,7 @@ def main() -> None:
     inv_p = inverse_propensity(ds.train.labels)
     result: dict = {"method": args.method, "label": args.label or args.method, "dataset": ds.name,
                     "text_variant": ds.text_variant, "config_preset": args.config, "overrides": args.set,
-                    "threads": args.threads,
+                    "threads": args.threads, "cpu": cpu_model(),
                     "n_train": ds.train.n_points, "n_test": ds.test.n_points, "n_labels": ds.n_labels,
                     "git_commit": git_commit()}
     if args.method == "zeroshot":
