@@ -97,3 +97,25 @@ def test_auto_lead_channel_on_real_texts() -> None:
     titles = load_dataset(shared_dataset("debian-related"), text_variant="title").train.texts[:3000]
     assert TfidfFeaturizer().fit(full).lead_words == TfidfConfig().lead_words
     assert TfidfFeaturizer().fit(titles).lead_words == 0
+
+
+@pytest.mark.parametrize("sublinear_tf", [True, False])
+def test_transform_equals_scikit_learns_tfidf_then_l2(sublinear_tf: bool) -> None:
+    """The weighting done on the count arrays equals TfidfVectorizer.transform followed by L2 normalisation, on
+    real texts (debian full texts: both channels), with texts that share no word with the vocabulary (zero rows)."""
+    from sklearn.preprocessing import normalize
+
+    from xmine.data import load_dataset
+
+    ds = load_dataset(shared_dataset("debian-related"))
+    config = TfidfConfig(sublinear_tf=sublinear_tf, lead_channel="on")
+    feat = TfidfFeaturizer(config).fit(ds.train.texts[:2000])
+    texts = ds.test.texts[:500] + ["", "zzqx qqzx", "the the the"]
+    got = feat.transform(texts)
+    full = normalize(feat._vectorizer.transform(texts), norm="l2")
+    lead = normalize(feat._lead_vectorizer.transform(lead_texts(texts, feat.lead_words)), norm="l2")
+    expected = sp.hstack([full, lead], format="csr")
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert got.nnz == expected.nnz and got.nnz > 0
+    np.testing.assert_allclose(got.toarray(), expected.toarray(), rtol=1e-5, atol=1e-7)
+    assert got[500].nnz == 0 and got[501].nnz == 0  # no known word: an all-zero row, not NaN
