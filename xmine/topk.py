@@ -194,6 +194,8 @@ def stack_rows(blocks: list[sp.csr_matrix], n_labels: int) -> sp.csr_matrix:
     """Batches of predictions -> one CSR matrix (an empty input gives a 0-row matrix)."""
     if not blocks:
         return sp.csr_matrix((0, n_labels), dtype=np.float32)
+    if len(blocks) == 1:  # one batch (e.g. a single query): as it is, without vstack's copy and checks
+        return sp.csr_matrix(blocks[0])
     return sp.vstack(blocks).tocsr()
 
 
