@@ -99,3 +99,24 @@ def test_the_fast_preset_is_the_default_with_a_cheaper_schedule():
     assert not fast.ranker.refit_on_all and default.ranker.refit_on_all
     assert fast.replace(siamese=default.siamese, classifier=default.classifier, ranker=default.ranker) == default
     assert build_config("ngame", "fast", ["siamese.epochs=2"], {}).siamese.epochs == 2  # --set still wins
+
+
+def test_set_threads_limits_every_blas_pool_too():
+    """numpy's BLAS runs scikit-learn's fits and numpy products: a model run with threads=1 must not use more."""
+    import numba
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from xmine.utils import set_threads
+
+    before = (torch.get_num_threads(), numba.get_num_threads(),
+              max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"))
+    try:
+        set_threads(1)
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas and all(n == 1 for n in blas)
+        assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
+    finally:  # the other tests of this worker keep their threads
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
+        threadpool_limits(limits=before[2], user_api="blas")

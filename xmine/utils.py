@@ -107,8 +107,11 @@ def peak_rss_mb() -> float:
 
 
 def set_threads(num_threads: int | None) -> None:
+    """Every compute thread pool xmine uses -- torch's, faiss's, numba's and numpy's BLAS (scikit-learn's fits, numpy
+    products) -- gets `num_threads` threads (None or 0: left as they are)."""
     if num_threads:
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(num_threads)
         try:
@@ -120,3 +123,4 @@ def set_threads(num_threads: int | None) -> None:
         import numba
 
         numba.set_num_threads(min(num_threads, numba.config.NUMBA_NUM_THREADS))
+        threadpool_limits(limits=num_threads, user_api="blas")  # after the imports: faiss loads a BLAS of its own
