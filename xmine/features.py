@@ -181,7 +181,7 @@ def _tfidf_rows(vectorizer: TfidfVectorizer, texts: Sequence[str]) -> sp.csr_mat
     if vectorizer.sublinear_tf:
         np.log(x.data, out=x.data)
         x.data += 1.0
-    x.data *= vectorizer.idf_[x.indices].astype(np.float32)
+    x.data *= vectorizer.idf_[x.indices]  # float64 idf into float32 data, as scikit-learn multiplies
     rows = csr_row_ids(x)
     norms = np.sqrt(np.bincount(rows, weights=np.square(x.data, dtype=np.float64), minlength=x.shape[0]))
     x.data /= np.where(norms > 0, norms, 1.0)[rows].astype(np.float32)
