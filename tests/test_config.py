@@ -120,3 +120,22 @@ def test_set_threads_limits_every_blas_pool_too():
         torch.set_num_threads(before[0])
         numba.set_num_threads(before[1])
         threadpool_limits(limits=before[2], user_api="blas")
+
+
+def test_a_partial_section_keeps_the_fields_own_defaults():
+    """`--set classifier.seed=1` must change the seed only: NGAME's classifier section defaults to 3 epochs (not
+    ClassifierConfig's 5), MIPS's to a fine-tuned encoder, the MIPS index to IVF, the negatives index to HNSW."""
+    from xmine.cli import build_config
+    from xmine.config import MIPSMethodConfig, NGAMEConfig
+
+    ngame = NGAMEConfig.from_dict({"classifier": {"seed": 1, "negatives_index": {"ef_search": 100}}})
+    default = NGAMEConfig()
+    assert ngame.classifier.seed == 1 and ngame.classifier.negatives_index.ef_search == 100
+    assert ngame.classifier.epochs == default.classifier.epochs == 3
+    assert ngame.classifier.negatives_index.kind == default.classifier.negatives_index.kind == "hnsw"
+    assert ngame.classifier.replace(seed=0, negatives_index=default.classifier.negatives_index) == default.classifier
+    mips = MIPSMethodConfig.from_dict({"classifier": {"lr": 0.01}, "mips": {"index": {"nprobe": 8}}})
+    assert mips.classifier.finetune_encoder and mips.mips.index.kind == "ivf" and mips.mips.index.nprobe == 8
+    assert build_config("ngame", None, ["classifier.seed=2"], {}).classifier.epochs == 3
+    with pytest.raises(ConfigError, match="epochz"):
+        NGAMEConfig.from_dict({"classifier": {"epochz": 3}})

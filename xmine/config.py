@@ -38,8 +38,13 @@ class Params:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown} in {where or cls.__name__}; known: {sorted(names)}")
+        defaults = {f.name: _field_default(f) for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in data.items():
+            if isinstance(value, dict) and isinstance(defaults[key], Params):
+                # a partial section overrides this field's own default (e.g. NGAME's 3 classifier epochs), not the
+                # section class's (ClassifierConfig's 5)
+                value = _overlay(defaults[key].to_dict(), value)
             kwargs[key] = _coerce(value, hints[key], f"{where or cls.__name__}.{key}")
         obj = cls(**kwargs)
         obj.validate()
@@ -73,6 +78,21 @@ class Params:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object at the top level")
         return cls.from_dict(data, where=str(path))
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (a fresh one from its factory); None where it has none."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _overlay(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` written over it, nested sections merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _overlay(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
