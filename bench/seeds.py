@@ -9,7 +9,7 @@
 
 Each (dataset, seed) is one `bench.run_xmine` process with siamese.seed and classifier.seed set (seed 0 is
 the default configuration: the main suite's NGAME run is reused for it); results go to bench/results/seeds/
-and are reused unless --force. The peers are
+and are reused unless --force or their recorded config differs from today's (then they are run again). The peers are
 read from the main suite's results (bench/results/main/, run `python -m bench.run` first): they are
 deterministic given their features. Writes bench/results/seeds.{md,json}.
 
@@ -28,6 +28,7 @@ import sys
 
 from bench.blocks import BENCHMARKS_DOC, update_block
 from bench.run import BENCH, DATA, DATASETS, LEAD_FILE_SUFFIX, run
+from xmine.cli import build_config
 
 METRICS = ("P@1", "PSP@5")
 
@@ -57,14 +58,23 @@ def seed_scores(key: str, seeds: list[int], threads: int, force: bool, variant: 
     for seed in seeds:
         out = out_dir / f"{key}__seed{seed}.json"
         main_run = BENCH / "results" / "main" / f"{key}__ngame.json"
-        if variant is None and seed == 0 and main_run.exists() and not json.loads(main_run.read_text()).get(
-                "overrides"):
+        sets = [f"siamese.seed={seed}", f"classifier.seed={seed}", *overrides]
+        expected = build_config("ngame", None, sets, {"threads": threads}).to_dict()
+        main = json.loads(main_run.read_text()) if main_run.exists() else None
+        if variant is None and seed == 0 and main and not main.get("overrides") and not stale_settings(
+                main.get("config", {}), expected):
             out = main_run  # seed 0 is the default configuration: the main suite's run
-        elif force or not out.exists():
-            sets = [f"siamese.seed={seed}", f"classifier.seed={seed}", *overrides]
-            run([sys.executable, "-m", "bench.run_xmine", "--method", "ngame", "--data", str(DATA / folder),
-                 "--text-variant", text_variant, "--threads", str(threads),
-                 *[arg for item in sets for arg in ("--set", item)], "--out", str(out)], out.with_suffix(".log"))
+        else:
+            # a result recorded with other settings (e.g. before a default changed) is run again: comparing it with
+            # today's runs would mix two configurations
+            stale = stale_settings(json.loads(out.read_text()).get("config", {}), expected) if out.exists() else []
+            if stale and not force:
+                print(f"  {out.name} was run with other settings ({'; '.join(stale[:4])}): running it again",
+                      flush=True)
+            if force or stale or not out.exists():
+                run([sys.executable, "-m", "bench.run_xmine", "--method", "ngame", "--data", str(DATA / folder),
+                     "--text-variant", text_variant, "--threads", str(threads),
+                     *[arg for item in sets for arg in ("--set", item)], "--out", str(out)], out.with_suffix(".log"))
         if not out.exists():
             continue
         fused = json.loads(out.read_text())["metrics"]["fused"]
@@ -76,6 +86,19 @@ def seed_scores(key: str, seeds: list[int], threads: int, force: bool, variant: 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def stale_settings(recorded: dict, expected: dict, prefix: str = "") -> list[str]:
+    """The settings (dotted keys) a recorded run's config holds with another value than `expected`; keys only one
+    of them has (added or removed since) are not compared."""
+    stale = []
+    for key in sorted(set(recorded) & set(expected)):
+        a, b = recorded[key], expected[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            stale += stale_settings(a, b, f"{prefix}{key}.")
+        elif a != b and not (key == "num_threads" or prefix.endswith("encoder.") and key == "device"):
+            stale.append(f"{prefix}{key}={a!r}, now {b!r}")
+    return stale
 
 
 def compare(key: str, base: dict[str, list[float]], changed: dict[str, list[float]]) -> tuple[str, dict, bool]:

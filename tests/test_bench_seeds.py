@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.seeds import compare
+from bench.seeds import compare, stale_settings
 
 
 def scores(p1: list[float], psp5: list[float]) -> dict[str, list[float]]:
@@ -34,3 +34,12 @@ def test_a_loss_beyond_the_seed_spread_on_one_metric_drops_the_change() -> None:
 def test_a_single_seed_has_no_spread_so_any_loss_counts() -> None:
     _, record, loses = compare("delicious", scores([60.0], [30.0]), scores([59.99], [30.0]))
     assert loses and record["P@1"]["spread"] == 0.0
+
+
+def test_a_result_recorded_with_other_settings_is_stale() -> None:
+    """A cached seed result is reused only if it was run with today's settings; keys added or removed since, and the
+    thread count, do not make it stale."""
+    expected = {"classifier": {"epochs": 3, "seed": 1, "new_key": 1}, "encoder": {"num_threads": 2, "device": "cpu"}}
+    recorded = {"classifier": {"epochs": 5, "seed": 1, "old_key": 0}, "encoder": {"num_threads": 4, "device": "cuda"}}
+    assert stale_settings(recorded, expected) == ["classifier.epochs=5, now 3"]
+    assert stale_settings(expected, expected) == []
