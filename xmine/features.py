@@ -15,7 +15,6 @@ import numpy as np
 import scipy.sparse as sp
 import sklearn
 from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer, TfidfVectorizer
-from sklearn.preprocessing import normalize
 
 from xmine.config import LEAD_AUTO_MIN_RATIO, TfidfConfig
 from xmine.errors import XmineError
@@ -168,7 +167,7 @@ def _load_idf(path: Path, n_terms: int | None) -> np.ndarray:
 
 
 def _l2(x: sp.spmatrix) -> sp.csr_matrix:
-    return normalize(sp.csr_matrix(x, dtype=np.float32), norm="l2", copy=False)
+    return _unit_rows(sp.csr_matrix(x, dtype=np.float32))
 
 
 def _tfidf_rows(vectorizer: TfidfVectorizer, texts: Sequence[str]) -> sp.csr_matrix:
@@ -182,6 +181,12 @@ def _tfidf_rows(vectorizer: TfidfVectorizer, texts: Sequence[str]) -> sp.csr_mat
         np.log(x.data, out=x.data)
         x.data += 1.0
     x.data *= vectorizer.idf_[x.indices]  # float64 idf into float32 data, as scikit-learn multiplies
+    return _unit_rows(x)
+
+
+def _unit_rows(x: sp.csr_matrix) -> sp.csr_matrix:
+    """`x`'s rows scaled in place to unit L2 norm (all-zero rows stay zero): sklearn's `normalize` without its
+    re-check of the matrix on every call."""
     rows = csr_row_ids(x)
     norms = np.sqrt(np.bincount(rows, weights=np.square(x.data, dtype=np.float64), minlength=x.shape[0]))
     x.data /= np.where(norms > 0, norms, 1.0)[rows].astype(np.float32)
