@@ -34,17 +34,17 @@ class Params:
     def from_dict(cls: type[P], data: dict[str, Any] | None = None, where: str = "") -> P:
         data = dict(data or {})
         hints = get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown} in {where or cls.__name__}; known: {sorted(names)}")
-        defaults = {f.name: _field_default(f) for f in dataclasses.fields(cls)}
+            raise ConfigError(f"unknown config key(s) {unknown} in {where or cls.__name__}; known: {sorted(fields)}")
         kwargs = {}
         for key, value in data.items():
-            if isinstance(value, dict) and isinstance(defaults[key], Params):
+            default = _field_default(fields[key]) if isinstance(value, dict) else None
+            if isinstance(default, Params):
                 # a partial section overrides this field's own default (e.g. NGAME's 3 classifier epochs), not the
                 # section class's (ClassifierConfig's 5)
-                value = _overlay(defaults[key].to_dict(), value)
+                value = _overlay(default.to_dict(), value)
             kwargs[key] = _coerce(value, hints[key], f"{where or cls.__name__}.{key}")
         obj = cls(**kwargs)
         obj.validate()
