@@ -31,6 +31,8 @@ from bench.run import BENCH, DATA, DATASETS, LEAD_FILE_SUFFIX, run
 from xmine.cli import build_config
 
 METRICS = ("P@1", "PSP@5")
+# where a run was computed, not what: a result from a run with other values of these is still today's result
+MACHINE_SETTINGS = ("num_threads", "device")
 
 
 def best_peer(key: str, metric: str, lead: bool = False) -> tuple[float, str] | None:
@@ -96,7 +98,7 @@ def stale_settings(recorded: dict, expected: dict, prefix: str = "") -> list[str
         a, b = recorded[key], expected[key]
         if isinstance(a, dict) and isinstance(b, dict):
             stale += stale_settings(a, b, f"{prefix}{key}.")
-        elif a != b and not (key == "num_threads" or prefix.endswith("encoder.") and key == "device"):
+        elif a != b and key not in MACHINE_SETTINGS:
             stale.append(f"{prefix}{key}={a!r}, now {b!r}")
     return stale
 
