@@ -139,3 +139,13 @@ def test_a_partial_section_keeps_the_fields_own_defaults():
     assert build_config("ngame", None, ["classifier.seed=2"], {}).classifier.epochs == 3
     with pytest.raises(ConfigError, match="epochz"):
         NGAMEConfig.from_dict({"classifier": {"epochz": 3}})
+
+
+def test_the_classifier_index_follows_the_label_index_unless_set():
+    from xmine.cli import build_config
+
+    both = build_config("ngame", None, ["index.kind=hnsw"], {})
+    assert both.classifier_index is None and both.classifier_index_config() == both.index
+    apart = build_config("ngame", None, ["classifier_index.kind=hnsw", "classifier_index.M=64"], {})
+    assert apart.index.kind == "exact"
+    assert (apart.classifier_index_config().kind, apart.classifier_index_config().M) == ("hnsw", 64)

@@ -242,6 +242,24 @@ def test_stage2_classifier_index_negatives_come_from_the_configured_index(ds_see
         assert built == [kind]
 
 
+@pytest.mark.slow  # a stage-2 training
+def test_the_classifier_index_has_its_own_settings(ds_seen, ngame, tiny_model_dir, tmp_path):
+    """`classifier_index` builds the index over the classifier vectors apart from the label index (here HNSW
+    against exact); the saved model keeps both kinds."""
+    from xmine.config import IndexConfig
+
+    _, out = ngame
+    base = _ngame_config(tiny_model_dir).replace(stages=[2], ranker=RankerConfig(enabled=False))  # not under test
+    config = base.replace(classifier=base.classifier.replace(epochs=1), index=IndexConfig(kind="exact"),
+                          classifier_index=IndexConfig(kind="hnsw", ef_construction=40, exact_below=0))
+    model = NGAME.train(ds_seen, config, init_from=out, progress=False)
+    assert (model.label_index.kind, model.classifier_index.kind) == ("exact", "hnsw")
+    model.save(tmp_path / "m")
+    loaded = NGAME.load(tmp_path / "m")
+    assert (loaded.label_index.kind, loaded.classifier_index.kind) == ("exact", "hnsw")
+    assert loaded.config.classifier_index == config.classifier_index
+
+
 @pytest.mark.slow  # two stage-2 trainings
 def test_ranker_trains_on_the_candidates_it_scores_at_prediction(ds_seen, ngame, tiny_model_dir, monkeypatch):
     """The sparse ranker's training shortlist holds the classifier index's candidates as well (matcher-aware

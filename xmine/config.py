@@ -536,12 +536,20 @@ class NGAMEConfig(Params):
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     siamese: SiameseConfig = field(default_factory=SiameseConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    # the ANN index over the trained classifiers' dense vectors, which proposes prediction candidates (null: the
+    # same as `index`). An approximate one here costs less accuracy than on the label embeddings: the other
+    # sources (label index, TF-IDF neighbours) still propose the tail labels a graph search misses
+    classifier_index: IndexConfig | None = None
     tfidf: TfidfConfig = field(default_factory=TfidfConfig)
     # 3 classifier epochs: a 4th and 5th changed test P@1 and PSP@5 by less than seed-to-seed noise (docs/cost.md)
     # for two fifths more classifier time
     classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(epochs=3))
     ranker: RankerConfig = field(default_factory=RankerConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def classifier_index_config(self) -> IndexConfig:
+        """The classifier index's settings: `classifier_index`, or the label index's where that is null."""
+        return self.classifier_index if self.classifier_index is not None else self.index
 
     def validate(self) -> None:
         super().validate()

@@ -417,7 +417,8 @@ class NGAME(XMCModel):
         self.history["stage2"] = hist.to_list()
         self.classifiers = classifiers
         if classifiers.weight is not None:
-            self.classifier_index = LabelIndex.build(classifiers.weight.detach().numpy(), cfg.index)
+            self.classifier_index = LabelIndex.build(classifiers.weight.detach().numpy(),
+                                                     cfg.classifier_index_config())
 
     def _refresh_embeddings(self, dataset: Any, point_inputs: Any) -> np.ndarray:
         """After fine-tuning the encoder: the label embeddings and their index again; returns the points'."""
