@@ -260,6 +260,42 @@ def test_the_classifier_index_has_its_own_settings(ds_seen, ngame, tiny_model_di
     assert loaded.config.classifier_index == config.classifier_index
 
 
+def test_extra_ranker_rows_come_after_the_points_with_padded_candidates():
+    from xmine.models.ngame import RankerRows, with_extra_rows
+
+    features, labels = sp.csr_matrix(np.eye(3, 4, dtype=np.float32)), sp.csr_matrix(np.eye(3, 5, dtype=np.float32))
+    candidates = np.array([[0, 1], [1, 2], [2, -1]])
+    extra = RankerRows(sp.csr_matrix(np.ones((1, 4), dtype=np.float32)),
+                       sp.csr_matrix(([1.0], ([0], [4])), shape=(1, 5), dtype=np.float32), np.array([[4, 3, 0]]))
+    x, y, c = with_extra_rows(features, labels, candidates, extra)
+    assert x.shape == (4, 4) and np.array_equal(x[:3].toarray(), features.toarray())
+    assert y.shape == (4, 5) and y[3].indices.tolist() == [4] and np.array_equal(y[:3].toarray(), labels.toarray())
+    assert c.tolist() == [[0, 1, -1], [1, 2, -1], [2, -1, -1], [4, 3, 0]]
+    assert with_extra_rows(features, labels, candidates, None)[2] is candidates
+
+
+@pytest.mark.slow  # two stage-2 trainings
+def test_label_text_rows_give_labels_without_points_a_ranker(ds_seen, ngame, tiny_model_dir):
+    """`ranker.label_text_rows_below`: a label with fewer training positives also trains the ranker on its own
+    text. Without it, a label no training point has gets no ranker weights; with it, its own text ranks it above
+    another such label."""
+    _, out = ngame
+    base = _ngame_config(tiny_model_dir).replace(stages=[2])
+    base = base.replace(classifier=base.classifier.replace(epochs=1))
+    unseen = np.flatnonzero(np.diff(ds_seen.train.labels.tocsc().indptr) == 0)
+    off = NGAME.train(ds_seen, base, init_from=out, progress=False)
+    assert len(unseen) >= 20 and off.ranker.weights[unseen].nnz == 0
+
+    on = NGAME.train(ds_seen, base.replace(ranker=base.ranker.replace(label_text_rows_below=1)), init_from=out,
+                     progress=False)
+    assert on.history["ranker_label_text_rows"] == len(unseen)
+    x = on.knn.featurizer.transform([ds_seen.label_texts[j] for j in unseen])
+    has_words = np.diff(x.indptr) > 0  # the vocabulary is the training texts': some label texts share no word
+    own, other = unseen[has_words], np.roll(unseen[has_words], 1)
+    scores = on.ranker.score(x[has_words], np.stack([own, other], axis=1))
+    assert has_words.sum() >= 10 and (scores[:, 0] > scores[:, 1]).mean() > 0.9
+
+
 @pytest.mark.slow  # two stage-2 trainings
 def test_ranker_trains_on_the_candidates_it_scores_at_prediction(ds_seen, ngame, tiny_model_dir, monkeypatch):
     """The sparse ranker's training shortlist holds the classifier index's candidates as well (matcher-aware

@@ -383,9 +383,14 @@ class RankerConfig(Params):
     # neighbours' plus the classifier index's (PECOS's matcher-aware negatives). Without the last, its candidates
     # are labels the ranker never learnt to reject.
     shortlist_with_classifier_index: bool = True
+    # labels with fewer training positives than this also learn from their own text: it is one more positive row
+    # (TF-IDF of the label text), against the candidates that text's embedding and words propose. A label with no
+    # training point then has ranker weights at all (0: off)
+    label_text_rows_below: int = 0
 
     def validate(self) -> None:
         super().validate()
+        _non_negative(self, "label_text_rows_below")
         _positive(self, "C")
         _positive(self, "tol")
         _positive(self, "max_iter")

@@ -220,6 +220,28 @@ class Stage2Data:
     emb: np.ndarray
 
 
+@dataclass
+class RankerRows:
+    """Training rows for the sparse ranker beyond the points': features, labels and candidates, row by row."""
+
+    features: sp.csr_matrix
+    labels: sp.csr_matrix
+    candidates: np.ndarray
+
+
+def with_extra_rows(features: sp.csr_matrix, labels: sp.csr_matrix, candidates: np.ndarray,
+                    extra: RankerRows | None) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
+    """The points' ranker rows followed by `extra`'s (candidate lists padded with -1 to one width). The extra rows
+    come last, so a refit's row numbers are the first fit's and its warm start applies."""
+    if extra is None:
+        return features, labels, candidates
+    width = max(candidates.shape[1], extra.candidates.shape[1])
+    pad = [np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=-1) for c in (candidates, extra.candidates)]
+    return (sp.vstack([features, extra.features], format="csr", dtype=np.float32),
+            sp.vstack([labels, extra.labels], format="csr", dtype=labels.dtype), np.concatenate(pad).astype(
+                candidates.dtype, copy=False))
+
+
 class ClassifierNegatives:
     """Stage 2's negatives of a batch: each point's shortlist + one positive of every other point in the batch
     (in-batch negatives) + the top labels of the current classifier vectors (what the classifier index will
@@ -358,17 +380,20 @@ class NGAME(XMCModel):
             self._train_classifiers(data, shortlist, point_inputs, ckpt_dir, resume, progress)
         if cfg.classifier.finetune_encoder:  # embeddings moved: refresh them and their index
             data.emb = self._refresh_embeddings(dataset, point_inputs)
-        ranker_shortlist = shortlist
+        ranker_shortlist, text_rows = shortlist, None
         if cfg.ranker.enabled:
             with timed(history, "shortlist_seconds"):
                 ranker_shortlist = self._ranker_shortlist(data, shortlist)
+                text_rows = self._label_text_rows(dataset, labels)
             with timed(history, "ranker_fit_seconds"):
-                self.ranker = self._fit_ranker(data.features, data.train_labels, ranker_shortlist, progress)
+                self.ranker = self._fit_ranker(*with_extra_rows(data.features, data.train_labels, ranker_shortlist,
+                                                                text_rows), progress)
         with timed(history, "fusion_seconds"):
             self._fit_fusion(data, stage1_unseen_rows)
         if self.ranker is not None and cfg.ranker.refit_on_all and len(holdout):
             with timed(history, "ranker_refit_seconds"):
-                self.ranker = self._fit_ranker(data.features, labels, ranker_shortlist, progress)
+                self.ranker = self._fit_ranker(*with_extra_rows(data.features, labels, ranker_shortlist, text_rows),
+                                               progress)
         if self.ranker is not None:
             history["ranker_seconds"] = history["ranker_fit_seconds"] + history.get("ranker_refit_seconds", 0.0)
             history["ranker_weights"] = int(self.ranker.weights.nnz)
@@ -441,6 +466,28 @@ class NGAME(XMCModel):
             ranker_shortlist = union_candidates(shortlist, self.classifier_index.search(data.emb, k)[1])
         log.info("stage 2 ranker shortlist: %d candidates/point", ranker_shortlist.shape[1])
         return ranker_shortlist
+
+    def _label_text_rows(self, dataset: Any, labels: sp.csr_matrix) -> RankerRows | None:
+        """The ranker's extra rows for labels with fewer than `ranker.label_text_rows_below` training positives:
+        each label's text as a point of its own, positive for that label only, with the candidates every source
+        proposes for it (so the label learns to beat the labels its text resembles). None where off, or where
+        the TF-IDF features are given rather than computed from text."""
+        below = self.config.ranker.label_text_rows_below
+        if below == 0 or self.knn is None or self.knn.featurizer.source != "text":
+            return None
+        rare = np.flatnonzero(np.diff(labels.tocsc().indptr) < below)
+        if len(rare) == 0:
+            return None
+        features = self.knn.featurizer.transform([dataset.label_texts[j] for j in rare])
+        emb = np.asarray(self.label_embeddings[rare], dtype=np.float32)
+        candidates, _ = self._scorer()(emb, features, use_classifier_index=self.config.ranker.
+                                       shortlist_with_classifier_index, classifier_sparse=False, with_scores=False)
+        own = sp.csr_matrix((np.ones(len(rare), dtype=np.float32), (np.arange(len(rare)), rare)),
+                            shape=(len(rare), self.n_labels))
+        log.info("stage 2 ranker: %d labels with fewer than %d training positives also train on their own text",
+                 len(rare), below)
+        self.history["ranker_label_text_rows"] = len(rare)
+        return RankerRows(features, own, candidates)
 
     def _fit_ranker(self, features: sp.csr_matrix, labels: sp.csr_matrix, shortlist: np.ndarray, progress: bool
                     ) -> SparseRanker:
