@@ -288,9 +288,10 @@ def test_label_text_rows_give_labels_without_points_a_ranker(ds_seen, ngame, tin
 
     on = NGAME.train(ds_seen, base.replace(ranker=base.ranker.replace(label_text_rows_below=1)), init_from=out,
                      progress=False)
-    assert on.history["ranker_label_text_rows"] == len(unseen)
     x = on.knn.featurizer.transform([ds_seen.label_texts[j] for j in unseen])
     has_words = np.diff(x.indptr) > 0  # the vocabulary is the training texts': some label texts share no word
+    assert on.history["ranker_label_text_rows"] == has_words.sum() < len(unseen)
+    assert on.ranker.weights[unseen[~has_words]].nnz == 0 and (on.ranker.bias[unseen[~has_words]] == -10).all()
     own, other = unseen[has_words], np.roll(unseen[has_words], 1)
     scores = on.ranker.score(x[has_words], np.stack([own, other], axis=1))
     assert has_words.sum() >= 10 and (scores[:, 0] > scores[:, 1]).mean() > 0.9

@@ -479,6 +479,12 @@ class NGAME(XMCModel):
         if len(rare) == 0:
             return None
         features = self.knn.featurizer.transform([dataset.label_texts[j] for j in rare])
+        # a text without a word of the training vocabulary would teach the label a bias alone: the same score for
+        # every point
+        has_words = np.diff(features.indptr) > 0
+        rare, features = rare[has_words], features[has_words]
+        if len(rare) == 0:
+            return None
         emb = np.asarray(self.label_embeddings[rare], dtype=np.float32)
         candidates, _ = self._scorer()(emb, features, use_classifier_index=self.config.ranker.
                                        shortlist_with_classifier_index, classifier_sparse=False, with_scores=False)
