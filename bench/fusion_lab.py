@@ -174,6 +174,7 @@ VARIANTS: dict[str, Variant] = {
     "select by nDCG@5 + PSnDCG@5": with_settings(selection_metric="ndcg+psndcg"),
     "positive_weight_power=0.5": with_settings(positive_weight_power=0.5),
     "positive_weight_power=0.25": with_settings(positive_weight_power=0.25),
+    "positive_weight_power=0": with_settings(positive_weight_power=0.0),
     "fitted on unseen only": fit_on("unseen"),
     "fitted on all held-out": fit_on("all"),
     "boosting_rounds=50": boosted(50),
