@@ -324,6 +324,18 @@ def test_label_file_formats(tmp_path):
         read_label_file(path)
 
 
+def _same_ranking(answer: list[list[dict]], expected: list[list[dict]]) -> bool:
+    """The same labels in the same order with the same scores up to float32 rounding: the server batches concurrent
+    requests together, and a matrix product's rounding can depend on the batch's shape (seen on AVX-512)."""
+    def ranking(rows):
+        return [[(x["id"], x["label"]) for x in row] for row in rows]
+
+    def scores(rows):
+        return np.array([[x["score"] for x in row] for row in rows])
+
+    return ranking(answer) == ranking(expected) and np.allclose(scores(answer), scores(expected), rtol=1e-5, atol=0)
+
+
 def test_served_model_reloads_on_post_and_sighup_without_mixing_models(trained_dir, ds, hidden, tmp_path):
     import signal
     import time
@@ -361,7 +373,7 @@ def test_served_model_reloads_on_post_and_sighup_without_mixing_models(trained_d
         new = load_model(model_dir)
         expect_old, expect_new = as_json(old.predict_labels(names, k=3)), as_json(new.predict_labels(names, k=3))
         assert expect_old != expect_new  # the new labels are predicted for their own texts
-        assert answers and all(a in (expect_old, expect_new) for a in answers)
+        assert answers and all(_same_ranking(a, expect_old) or _same_ranking(a, expect_new) for a in answers)
         assert post(srv.url, {"inputs": names, "k": 3}).json()["predictions"] == expect_new
         info = httpx.get(srv.url + "/info").json()
         assert info["n_labels"] == new.n_labels and info["labels_added_after_training"] == 6
