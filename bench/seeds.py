@@ -50,13 +50,13 @@ def best_peer(key: str, metric: str, lead: bool = False) -> tuple[float, str] | 
 
 
 def seed_scores(key: str, seeds: list[int], threads: int, force: bool, variant: str | None = None,
-                overrides: list[str] = ()) -> dict[str, list[float]]:
-    """Fused P@1 and PSP@5 of NGAME on a dataset per seed that has a result ("seed": which), running what is
-    missing (everything with `force`)."""
+                overrides: list[str] = ()) -> dict[str, list]:
+    """Fused P@1 and PSP@5 of NGAME on a dataset per seed that has a result ("seed": which; "cpu": the machine it
+    ran on), running what is missing (everything with `force`)."""
     folder, text_variant, _ = DATASETS[key]
     out_dir = BENCH / "results" / "seeds" / (variant or "")
     out_dir.mkdir(parents=True, exist_ok=True)
-    scores: dict[str, list[float]] = {"seed": [], **{metric: [] for metric in METRICS}}
+    scores: dict[str, list] = {"seed": [], "cpu": [], **{metric: [] for metric in METRICS}}
     for seed in seeds:
         out = out_dir / f"{key}__seed{seed}.json"
         main_run = BENCH / "results" / "main" / f"{key}__ngame.json"
@@ -79,8 +79,10 @@ def seed_scores(key: str, seeds: list[int], threads: int, force: bool, variant: 
                      *[arg for item in sets for arg in ("--set", item)], "--out", str(out)], out.with_suffix(".log"))
         if not out.exists():
             continue
-        fused = json.loads(out.read_text())["metrics"]["fused"]
+        result = json.loads(out.read_text())
+        fused = result["metrics"]["fused"]
         scores["seed"].append(seed)
+        scores["cpu"].append(result.get("cpu") or "not recorded")
         for metric in METRICS:
             scores[metric].append(fused[metric])
     return scores
@@ -123,12 +125,26 @@ def compare(key: str, base: dict[str, list[float]], changed: dict[str, list[floa
     return "| " + " | ".join(cells) + " |", record, loses
 
 
+def machine_warning(key: str, base: dict[str, list], changed: dict[str, list]) -> str | None:
+    """A warning where the default's and the variant's runs did not all run on one kind of machine: the same
+    configuration moved HPO's mean P@1 by 0.66 between two machines, more than its seed spread."""
+    machines = set(base["cpu"]) | set(changed["cpu"])
+    if len(machines) == 1 and "not recorded" not in machines:
+        return None
+    return (f"{key}: the runs compared come from more than one machine ({'; '.join(sorted(machines))}); the delta "
+            "holds the machines' difference too. Re-run the base here (a variant with a no-op --set) to compare.")
+
+
 def run_variant(args: argparse.Namespace) -> None:
-    rows, records, losing = [], [], []
+    rows, records, losing, warnings = [], [], [], []
     for key in args.datasets:
         base = seed_scores(key, args.seeds, args.threads, args.force, args.base, args.base_set)
         changed = seed_scores(key, args.seeds, args.threads, args.force, args.variant, args.set)
         row, record, loses = compare(key, base, changed)
+        warning = machine_warning(key, base, changed)
+        if warning:
+            warnings.append(warning)
+            record["machine_warning"] = warning
         rows.append(row)
         records.append(record)
         if loses:
@@ -141,7 +157,7 @@ def run_variant(args: argparse.Namespace) -> None:
         f"{' '.join(map(str, args.seeds))}; mean ± sample standard deviation; a delta is marked when it exceeds "
         f"the larger standard deviation. Verdict: {verdict}.", "",
         "| dataset | P@1 default | P@1 variant | P@1 delta | PSP@5 default | PSP@5 variant | PSP@5 delta |",
-        "|---|---|---|---|---|---|---|", *rows])
+        "|---|---|---|---|---|---|---|", *rows, *(["", *(f"- {w}" for w in warnings)] if warnings else [])])
     (BENCH / "results" / f"seeds-{args.variant}.md").write_text(text + "\n")
     (BENCH / "results" / f"seeds-{args.variant}.json").write_text(json.dumps(
         {"variant": args.variant, "overrides": args.set, "base": args.base, "base_overrides": args.base_set,

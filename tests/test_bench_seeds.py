@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.seeds import compare, stale_settings
+from bench.seeds import compare, machine_warning, stale_settings
 
 
 def scores(p1: list[float], psp5: list[float]) -> dict[str, list[float]]:
@@ -43,3 +43,11 @@ def test_a_result_recorded_with_other_settings_is_stale() -> None:
     recorded = {"classifier": {"epochs": 5, "seed": 1, "old_key": 0}, "encoder": {"num_threads": 4, "device": "cuda"}}
     assert stale_settings(recorded, expected) == ["classifier.epochs=5, now 3"]
     assert stale_settings(expected, expected) == []
+
+
+def test_runs_from_different_machines_are_flagged() -> None:
+    one = {"cpu": ["AMD EPYC, AVX512"] * 3}
+    assert machine_warning("hpo", one, one) is None
+    other = {"cpu": ["AMD EPYC, AVX2", "AMD EPYC, AVX512", "AMD EPYC, AVX512"]}
+    assert "AVX2" in machine_warning("hpo", other, one)
+    assert "not recorded" in machine_warning("hpo", {"cpu": ["not recorded"]}, {"cpu": ["not recorded"]})
