@@ -127,7 +127,7 @@ def compare(key: str, base: dict[str, list[float]], changed: dict[str, list[floa
 
 def machine_warning(key: str, base: dict[str, list], changed: dict[str, list]) -> str | None:
     """A warning where the default's and the variant's runs did not all run on one kind of machine: the same
-    configuration moved HPO's mean P@1 by 0.66 between two machines, more than its seed spread."""
+    configuration and seeds can score further apart on two machines than its seed spread (docs/accuracy.md)."""
     machines = set(base["cpu"]) | set(changed["cpu"])
     if len(machines) == 1 and "not recorded" not in machines:
         return None
