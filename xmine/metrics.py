@@ -332,7 +332,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 # ------------------------------------------------------------------------------ label-frequency buckets
 
 
-def _label_counts(train_labels: csr_matrix) -> np.ndarray:
+def label_counts(train_labels: csr_matrix) -> np.ndarray:
     """Training points per label: stored nonzeros of each column, (L,) int64."""
     t = _as_csr(train_labels, "train_labels")
     nz = t.data != 0
@@ -351,7 +351,7 @@ def frequency_buckets(train_labels: csr_matrix, n_buckets: int = 5) -> np.ndarra
     """
     if isinstance(n_buckets, bool) or not isinstance(n_buckets, (int, np.integer)) or n_buckets < 1:
         raise XmineError(f"n_buckets must be an integer >= 1, got {n_buckets!r}")
-    counts = _label_counts(train_labels)
+    counts = label_counts(train_labels)
     total = int(counts.sum())
     if total == 0:
         raise XmineError(f"train_labels of shape {train_labels.shape} has no positive entries; cannot bucket labels")
@@ -457,7 +457,7 @@ def frequency_bucket_metrics(
     across methods.
     """
     t = _as_csr(true, "true")
-    counts = _label_counts(train_labels)
+    counts = label_counts(train_labels)
     if counts.shape[0] != t.shape[1]:
         raise XmineError(f"train_labels has {counts.shape[0]} labels but true has {t.shape[1]}; they must be equal")
     if buckets is None:

@@ -44,7 +44,7 @@ from xmine.labels import (
     save_label_state,
     top_k_enabled,
 )
-from xmine.metrics import inverse_propensity
+from xmine.metrics import inverse_propensity, label_counts
 from xmine.mining.mips import MIPSNegativeSampler
 from xmine.models.base import Inputs, XMCModel, read_model_config
 from xmine.models.knn import TfidfKNN
@@ -475,9 +475,7 @@ class NGAME(XMCModel):
         below = self.config.ranker.label_text_rows_below
         if below == 0 or self.knn is None or self.knn.featurizer.source != "text":
             return None
-        rare = np.flatnonzero(np.diff(labels.tocsc().indptr) < below)
-        if len(rare) == 0:
-            return None
+        rare = np.flatnonzero(label_counts(labels) < below)
         features = self.knn.featurizer.transform([dataset.label_texts[j] for j in rare])
         # a text without a word of the training vocabulary would teach the label a bias alone: the same score for
         # every point
@@ -486,8 +484,9 @@ class NGAME(XMCModel):
         if len(rare) == 0:
             return None
         emb = np.asarray(self.label_embeddings[rare], dtype=np.float32)
-        candidates, _ = self._scorer()(emb, features, use_classifier_index=self.config.ranker.
-                                       shortlist_with_classifier_index, classifier_sparse=False, with_scores=False)
+        with_classifier_index = self.config.ranker.shortlist_with_classifier_index
+        candidates, _ = self._scorer()(emb, features, use_classifier_index=with_classifier_index,
+                                       classifier_sparse=False, with_scores=False)
         own = sp.csr_matrix((np.ones(len(rare), dtype=np.float32), (np.arange(len(rare)), rare)),
                             shape=(len(rare), self.n_labels))
         log.info("stage 2 ranker: %d labels with fewer than %d training positives also train on their own text",
