@@ -46,6 +46,58 @@ def test_exact_search_equals_faiss_flat_search(n_queries):
     assert (ids[:, 5:] == -1).all() and np.isneginf(scores[:, 5:]).all()
 
 
+@pytest.mark.parametrize("k", [10, 100])
+def test_single_query_float16_scan_equals_float32_search(k):
+    """One query against a large table goes through HalfScan; its certified answers must be the float32 search's:
+    the same ids, scores within float32 rounding (the re-scoring sums in another order)."""
+    from xmine.index import HALF_SCAN_MIN_VECTORS, HalfScan, _flat_search
+
+    rng = np.random.default_rng(8)
+    vectors = _unit(rng, HALF_SCAN_MIN_VECTORS + 500, 32) * rng.uniform(0.5, 3.0, size=(1, 1)).astype(np.float32)
+    queries = _unit(rng, 30, 32)
+    index = LabelIndex.build(vectors, IndexConfig(kind="exact"))
+    scan = HalfScan(vectors)
+    for query in queries:
+        scores, ids = np.empty(k, dtype=np.float32), np.empty(k, dtype=np.int64)
+        assert scan.search(query, k, scores, ids)  # random unit vectors: every answer is provable
+        want_scores, want_ids = np.empty((1, k), dtype=np.float32), np.empty((1, k), dtype=np.int64)
+        _flat_search(query[None, :], vectors, k, want_scores, want_ids)
+        assert np.array_equal(ids, want_ids[0])
+        assert np.allclose(scores, want_scores[0], rtol=1e-6, atol=1e-6)
+        got_scores, got_ids = index.search(query[None, :], k)
+        assert np.array_equal(got_ids, want_ids) and np.allclose(got_scores, want_scores, rtol=1e-6, atol=1e-6)
+
+
+def test_float16_scan_refuses_answers_it_cannot_prove():
+    """Scores closer together than float16 can tell apart, and values beyond float16's range, are left to the float32
+    search, which then gives the answer."""
+    from xmine.index import HALF_SCAN_MIN_VECTORS, HalfScan
+
+    rng = np.random.default_rng(9)
+    n = HALF_SCAN_MIN_VECTORS + 100
+    # every vector the same up to 1e-5: the scores differ far below float16's resolution
+    close = np.ones((n, 16), dtype=np.float32) + rng.normal(scale=1e-5, size=(n, 16)).astype(np.float32)
+    query = np.ones(16, dtype=np.float32)
+    assert not HalfScan(close).search(query, 10, np.empty(10, np.float32), np.empty(10, np.int64))
+    scores, ids = LabelIndex.build(close, IndexConfig(kind="exact")).search(query[None, :], 10)
+    assert np.allclose(scores[0], np.sort(close @ query)[::-1][:10], rtol=0, atol=1e-5)
+    assert np.allclose(close[ids[0]] @ query, scores[0], rtol=0, atol=1e-5)
+    # the true best vector rounds, in float16, to the score of 20 others that come before it: only the margin keeps
+    # the scan from answering without it
+    tied = _unit(rng, n, 16) * 0.5
+    tied[:, 0] = np.minimum(tied[:, 0], 0.4)
+    tied[:20] = 0.0
+    tied[:20, 0] = 1.0 + 2.0**-13
+    tied[-1] = 0.0
+    tied[-1, 0] = 1.0 + 3 * 2.0**-13
+    axis = np.eye(16, dtype=np.float32)[0]
+    assert LabelIndex.build(tied, IndexConfig(kind="exact")).search(axis[None, :], 10)[1][0, 0] == n - 1
+    huge = _unit(rng, n, 16) * 1e5
+    assert not HalfScan(huge).usable
+    scores, ids = LabelIndex.build(huge, IndexConfig(kind="exact")).search(query[None, :], 10)
+    assert np.array_equal(ids[0], np.argsort(-(huge @ query))[:10])
+
+
 def test_exact_search_sees_vectors_added_later():
     rng = np.random.default_rng(7)
     vectors = _unit(rng, 100, 8)

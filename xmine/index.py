@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class LabelIndex:
         self._index = index
         self.config = config
         self.kind = kind  # backend actually used ("exact" when the config asked for ANN on few vectors)
+        self._half_scan: HalfScan | None = None  # exact kind: built at the first single-query search
+        self._half_scan_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -90,6 +93,9 @@ class LabelIndex:
         params = self._search_params(ef_search, nprobe)
         vectors = self._flat_vectors()
         if vectors is not None:
+            if queries.shape[0] == 1 and vectors.shape[0] >= HALF_SCAN_MIN_VECTORS and 2 * k < vectors.shape[0]:
+                if self._half_scan_for(vectors).search(queries[0], k, scores[0], ids[0]):
+                    return scores, ids
             _flat_search(queries, vectors, k, scores, ids)
             return scores, ids
         # batches bound the memory of faiss's result buffers on large query sets
@@ -108,6 +114,12 @@ class LabelIndex:
         if n == 0:
             return np.empty((0, dim), dtype=np.float32)
         return faiss.rev_swig_ptr(self._index.get_xb(), n * dim).reshape(n, dim)
+
+    def _half_scan_for(self, vectors: np.ndarray) -> HalfScan:
+        with self._half_scan_lock:
+            if self._half_scan is None:
+                self._half_scan = HalfScan(vectors)
+            return self._half_scan
 
     def with_added(self, vectors: np.ndarray) -> LabelIndex:
         """A copy of this index with `vectors` appended (ids size, size+1, ...); this one is unchanged, so
@@ -196,6 +208,51 @@ def _flat_index_of(vectors: np.ndarray | None, kind: str, config: IndexConfig, c
     return index
 
 
+# a single query against at least this many vectors is answered by `HalfScan` (the float32 product reads the whole
+# table from memory for one row of results; half the bytes, scanned by faiss, is several times faster)
+HALF_SCAN_MIN_VECTORS = 4096
+# blocks of fewer queries are multiplied as table @ queries.T: BLAS's kernels for a (few, d) x (d, n) product ran
+# several times slower than the transposed form's on both machines measured; from a few dozen rows on, the usual form
+# is faster
+FEW_QUERIES = 32
+
+
+class HalfScan:
+    """An exact top-k for one query, found through a float16 copy of the vectors: faiss scans the copy for 2k
+    candidates, which are re-scored in float32. The answer is certified: rounding to float16 moves a score by at most
+    `margin` (2^-11 relative per component, bounded by Cauchy-Schwarz, doubled for the summations), so a vector
+    outside the candidates scores at most the last candidate's float16 score + margin; when the k-th re-scored
+    candidate beats that, no vector outside can be in the top k. Otherwise `search` says so and the caller searches
+    the float32 table."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+        dim = vectors.shape[1]
+        self.usable = bool(np.isfinite(vectors).all()) and float(np.abs(vectors).max(initial=0.0)) < 6e4
+        self.max_norm = float(np.linalg.norm(vectors, axis=1).max(initial=0.0))
+        self.index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        if self.usable:  # values beyond float16's range would overflow: those tables keep the float32 search
+            self.index.add(vectors)
+
+    def search(self, query: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray) -> bool:
+        """Writes the top k of one query into `scores`/`ids` and returns True, or returns False (nothing certain
+        written) when the float16 scan cannot prove the answer exact."""
+        if not self.usable:
+            return False
+        n_candidates = min(2 * k, self.vectors.shape[0])
+        half_scores, candidates = self.index.search(query[None, :], n_candidates)
+        candidates = candidates[0]
+        exact = self.vectors[candidates] @ query
+        order = np.argsort(-exact, kind="stable")[:k]
+        q_norm = float(np.linalg.norm(query))
+        margin = 2.0**-10 * q_norm * self.max_norm + 2.0**-20 * q_norm * math.sqrt(query.shape[0])
+        if not exact[order[-1]] >= half_scores[0, -1] + margin:
+            return False
+        scores[:] = exact[order]
+        ids[:] = candidates[order]
+        return True
+
+
 def _flat_search(queries: np.ndarray, vectors: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray,
                  max_block_bytes: int = 64 * 2**20) -> None:
     """Exact top-k by inner product as one matrix product and `torch.topk` per block of queries, written into
@@ -213,7 +270,9 @@ def _flat_search(queries: np.ndarray, vectors: np.ndarray, k: int, scores: np.nd
     with torch.inference_mode():
         for start in range(0, queries.shape[0], block):
             stop = min(start + block, queries.shape[0])
-            top = torch.topk(torch.from_numpy(queries[start:stop]) @ table.T, kept, dim=1, sorted=True)
+            block_queries = torch.from_numpy(queries[start:stop])
+            product = (table @ block_queries.T).T if stop - start < FEW_QUERIES else block_queries @ table.T
+            top = torch.topk(product, kept, dim=1, sorted=True)
             scores[start:stop, :kept] = top.values.numpy()
             ids[start:stop, :kept] = top.indices.numpy()
 
