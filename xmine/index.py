@@ -93,9 +93,9 @@ class LabelIndex:
         params = self._search_params(ef_search, nprobe)
         vectors = self._flat_vectors()
         if vectors is not None:
-            if queries.shape[0] == 1 and vectors.shape[0] >= HALF_SCAN_MIN_VECTORS and 2 * k < vectors.shape[0]:
-                if self._half_scan_for(vectors).search(queries[0], k, scores[0], ids[0]):
-                    return scores, ids
+            one_query_on_many = queries.shape[0] == 1 and vectors.shape[0] >= max(HALF_SCAN_MIN_VECTORS, 2 * k + 1)
+            if one_query_on_many and self._half_scan_for(vectors).search(queries[0], k, scores[0], ids[0]):
+                return scores, ids
             _flat_search(queries, vectors, k, scores, ids)
             return scores, ids
         # batches bound the memory of faiss's result buffers on large query sets
