@@ -141,11 +141,16 @@ def test_a_partial_section_keeps_the_fields_own_defaults():
         NGAMEConfig.from_dict({"classifier": {"epochz": 3}})
 
 
-def test_the_classifier_index_follows_the_label_index_unless_set():
+def test_the_classifier_index_has_its_own_default_and_follows_the_label_index_when_null():
     from xmine.cli import build_config
 
-    both = build_config("ngame", None, ["index.kind=hnsw"], {})
+    default = build_config("ngame", None, [], {})
+    assert default.index.kind == "exact"  # the label index stays exact: a graph there loses tail labels
+    assert (default.classifier_index_config().kind, default.classifier_index_config().exact_below) == ("hnsw", 20_000)
+    both = build_config("ngame", None, ["index.kind=hnsw", "classifier_index=null"], {})
     assert both.classifier_index is None and both.classifier_index_config() == both.index
+    paper = build_config("ngame", "ngame-paper", [], {})
+    assert paper.classifier_index is None and paper.classifier_index_config().M == 100
     apart = build_config("ngame", None, ["classifier_index.kind=hnsw", "classifier_index.M=64"], {})
     assert apart.index.kind == "exact"
     assert (apart.classifier_index_config().kind, apart.classifier_index_config().M) == ("hnsw", 64)
