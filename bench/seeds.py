@@ -93,9 +93,12 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def stale_settings(recorded: dict, expected: dict, prefix: str = "") -> list[str]:
-    """The settings (dotted keys) a recorded run's config holds with another value than `expected`; keys only one
-    of them has (added or removed since) are not compared."""
-    stale = []
+    """The settings (dotted keys) a recorded run's config holds with another value than `expected`. A key added since
+    the run counts when today's value is not an "off" one (null, 0, false, empty): an opt-in setting added with
+    such a default changed nothing, one added with another default (the HNSW classifier index) may have; keys
+    removed since are not compared."""
+    stale = [f"{prefix}{key} not recorded, now {expected[key]!r}" for key in sorted(set(expected) - set(recorded))
+             if expected[key] not in (None, 0, False, "", [], {}) and key not in MACHINE_SETTINGS]
     for key in sorted(set(recorded) & set(expected)):
         a, b = recorded[key], expected[key]
         if isinstance(a, dict) and isinstance(b, dict):

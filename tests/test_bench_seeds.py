@@ -37,12 +37,17 @@ def test_a_single_seed_has_no_spread_so_any_loss_counts() -> None:
 
 
 def test_a_result_recorded_with_other_settings_is_stale() -> None:
-    """A cached seed result is reused only if it was run with today's settings; keys added or removed since, and the
-    thread count, do not make it stale."""
-    expected = {"classifier": {"epochs": 3, "seed": 1, "new_key": 1}, "encoder": {"num_threads": 2, "device": "cpu"}}
+    """A cached seed result is reused only if it was run with today's settings. Keys removed since, keys added with
+    an "off" default, and the thread count do not make it stale; a key added with another default does (the run may
+    have behaved otherwise)."""
+    expected = {"classifier": {"epochs": 3, "seed": 1, "new_off": 0, "new_opt_in": None},
+                "encoder": {"num_threads": 2, "device": "cpu"}}
     recorded = {"classifier": {"epochs": 5, "seed": 1, "old_key": 0}, "encoder": {"num_threads": 4, "device": "cuda"}}
     assert stale_settings(recorded, expected) == ["classifier.epochs=5, now 3"]
     assert stale_settings(expected, expected) == []
+    expected["classifier_index"] = {"kind": "hnsw"}
+    assert stale_settings(recorded, expected) == ["classifier_index not recorded, now {'kind': 'hnsw'}",
+                                                  "classifier.epochs=5, now 3"]
 
 
 def test_runs_from_different_machines_are_flagged() -> None:
