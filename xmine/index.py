@@ -24,6 +24,7 @@ import numpy as np
 from xmine.config import IndexConfig
 from xmine.errors import XmineError
 from xmine.safeio import json_field, load_json, model_error, read_faiss_index
+from xmine.topk import pair_dots
 from xmine.utils import atomic_write, atomic_write_text
 
 
@@ -242,7 +243,7 @@ class HalfScan:
         n_candidates = min(2 * k, self.vectors.shape[0])
         half_scores, candidates = self.index.search(query[None, :], n_candidates)
         candidates = candidates[0]
-        exact = self.vectors[candidates] @ query
+        exact = pair_dots(query[None, :], self.vectors, candidates[None, :])[0]
         order = np.argsort(-exact, kind="stable")[:k]
         q_norm = float(np.linalg.norm(query))
         margin = 2.0**-10 * q_norm * self.max_norm + 2.0**-20 * q_norm * math.sqrt(query.shape[0])
