@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 import xmine.fusion as fusion_module
 import xmine.models.ngame as ngame_module
-from bench.run import BENCH, DATA, DATASETS
+from bench.run import BENCH, DATASETS, dataset_dir
 from bench.run_xmine import bench_metrics
 from xmine.cli import build_config, train_model
 from xmine.config import FusionConfig
@@ -51,7 +51,7 @@ def _pad(blocks: list[np.ndarray], fill: float) -> np.ndarray:
 def capture(key: str, seed: int, overrides: list[str], threads: int) -> Path:
     """Train NGAME on a dataset with a seed and record the fusion's held-out inputs and test inputs."""
     folder, variant, _ = DATASETS[key]
-    ds = load_dataset(DATA / folder, text_variant=variant)
+    ds = load_dataset(dataset_dir(folder), text_variant=variant)
     config = build_config("ngame", None, [f"siamese.seed={seed}", f"classifier.seed={seed}", *overrides],
                           {"threads": threads})
     fit_inputs: dict[str, Any] = {}
@@ -185,7 +185,7 @@ VARIANTS: dict[str, Variant] = {
 def evaluate_all(keys: list[str], seeds: list[int], variants: list[str]) -> None:
     for key in keys:
         folder, text_variant, _ = DATASETS[key]
-        ds = load_dataset(DATA / folder, text_variant=text_variant)
+        ds = load_dataset(dataset_dir(folder), text_variant=text_variant)
         inv_propensity = inverse_propensity(ds.train.labels)
         per_variant: dict[str, dict[str, list[float]]] = {}
         for seed in seeds:

@@ -17,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.run import BENCH, DATA, DATASETS, PEERS
+from bench.run import BENCH, DATASETS, PEERS, dataset_dir
 from xmine.errors import XmineError
 from xmine.report import write_report
 
@@ -59,8 +59,8 @@ def write_reports(keys: list[str], results: Path, all_kinds: bool = False) -> li
             continue
         html = results / "reports" / f"{key}.html"
         try:
-            write_report(DATA / folder, preds, html, history=history or None, model_name="NGAME, this benchmark run",
-                         text_variant=variant)
+            write_report(dataset_dir(folder), preds, html, history=history or None,
+                         model_name="NGAME, this benchmark run", text_variant=variant)
         except XmineError as exc:
             print(f"  report {key}: {exc}", flush=True)
             continue

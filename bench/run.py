@@ -39,7 +39,23 @@ DATASETS = {
     "delicious": ("mldr-delicious", "full", False),
     "debian-title": ("debian-related", "title", True),
     "debian-full": ("debian-related", "full", True),
+    "pypi-keywords": ("pypi-keywords", "full", True),
 }
+# datasets the project builds itself from a snapshot it ships (bench/datasets/), into bench/data/
+PROJECT_BUILT = {"pypi-keywords"}
+
+
+def dataset_dir(folder: str) -> Path:
+    """Where a bench dataset lives: ../shared/data (or $XMINE_BENCH_DATA), or bench/data for the datasets the
+    project builds itself, built from their snapshot on first use."""
+    if folder not in PROJECT_BUILT:
+        return DATA / folder
+    out = BENCH / "data" / folder
+    if not out.is_dir():
+        from bench.datasets import pypi_keywords
+        print(f"building {out} from {pypi_keywords.SNAPSHOT.name}", flush=True)
+        pypi_keywords.build(pypi_keywords.SNAPSHOT, out)
+    return out
 QUICK_SETS = ["siamese.epochs=6", "classifier.epochs=3"]
 
 
@@ -98,7 +114,7 @@ def run_suite(suite: str, datasets: list[str], quick: bool, force: bool, peers: 
     results = []
     for key in datasets:
         folder, variant, _ = DATASETS[key]
-        data = DATA / folder
+        data = dataset_dir(folder)
         print(f"== {key} ({data}, {variant})", flush=True)
         for label, method, sets in xmine_runs(suite, key, quick):
             if f"{key}:{label}" in exclude:

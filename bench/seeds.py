@@ -27,7 +27,7 @@ import statistics
 import sys
 
 from bench.blocks import BENCHMARKS_DOC, update_block
-from bench.run import BENCH, DATA, DATASETS, LEAD_FILE_SUFFIX, run
+from bench.run import BENCH, DATASETS, LEAD_FILE_SUFFIX, dataset_dir, run
 from xmine.cli import build_config
 
 METRICS = ("P@1", "PSP@5")
@@ -74,7 +74,7 @@ def seed_scores(key: str, seeds: list[int], threads: int, force: bool, variant: 
                 print(f"  {out.name} was run with other settings ({'; '.join(stale[:4])}): running it again",
                       flush=True)
             if force or stale or not out.exists():
-                run([sys.executable, "-m", "bench.run_xmine", "--method", "ngame", "--data", str(DATA / folder),
+                run([sys.executable, "-m", "bench.run_xmine", "--method", "ngame", "--data", str(dataset_dir(folder)),
                      "--text-variant", text_variant, "--threads", str(threads),
                      *[arg for item in sets for arg in ("--set", item)], "--out", str(out)], out.with_suffix(".log"))
         if not out.exists():
