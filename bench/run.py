@@ -68,7 +68,7 @@ def xmine_runs(suite: str, dataset: str, quick: bool) -> list[tuple[str, str, li
                 ("NGAME fast", "ngame", ["@fast"] + extra),
                 ("NGAME stage 1, random batches", "ngame", ["stages=[1]", "siamese.batching=random"] + extra[:1]),
                 ("MIPS negatives", "mips", ["classifier.epochs=3"] if quick else [])]
-        if dataset in ("hpo", "debian-title"):  # the transformer sees at most 32 tokens: titles suffice
+        if dataset in ("hpo", "debian-title", "pypi-keywords"):  # the transformer sees at most 32 tokens: short texts
             runs.insert(1, ("MiniLM zero-shot", "zeroshot", []))
         return runs
     if suite == "ngame":
