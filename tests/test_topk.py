@@ -8,6 +8,7 @@ from xmine.shortlist import recall_of_shortlist
 from xmine.topk import (
     candidate_keys,
     csr_entry_keys,
+    csr_from_topk,
     csr_product_dense,
     csr_row_topk,
     csr_rows_to_ids,
@@ -17,6 +18,7 @@ from xmine.topk import (
     pair_keys,
     union_candidates,
     unique_ids,
+    vote_topk,
 )
 
 
@@ -170,3 +172,24 @@ def test_union_candidates_and_shortlist_recall_equal_plain_sets():
     per_point = [len(set(labels[i].indices) & set(union[i])) / labels[i].nnz for i in range(labels.shape[0])
                  if labels[i].nnz]
     assert recall_of_shortlist(union, labels) == pytest.approx(100 * np.mean(per_point))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("k", [1, 3, 10, 1000])
+def test_vote_topk_equals_the_sparse_product_then_row_topk(k, tied):
+    rng = np.random.default_rng(k + 10 * tied)
+    table = sp.csr_matrix((rng.random((60, 50)) < 0.15).astype(np.float32))  # binary, like a label matrix
+    ids = np.stack([rng.permutation(60)[:12] for _ in range(25)])  # distinct neighbours per row
+    ids[3, 5:] = -1  # a short row
+    ids[4] = -1  # no neighbours at all
+    weights = (rng.integers(0, 3, ids.shape) / 2 if tied else rng.random(ids.shape) ** 2).astype(np.float32)
+    weights[7] = 0  # a row whose neighbours all have zero weight
+    plain = csr_from_topk(weights, ids, 60)
+    plain.eliminate_zeros()
+    want = _plain_csr_row_topk(plain @ table, k)
+    want.sort_indices()
+    got = vote_topk(weights, ids, table, k)
+    assert got.has_sorted_indices
+    assert np.array_equal(got.indptr, want.indptr) and np.array_equal(got.indices, want.indices)
+    assert np.array_equal(got.data, want.data)  # bit for bit: the same float32 sums in the same order
+    assert got.indptr[5] == got.indptr[4] and got.indptr[8] == got.indptr[7]  # rows 4 and 7 have no votes

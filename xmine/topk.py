@@ -111,11 +111,41 @@ def csr_row_topk(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
 
 
 @numba.njit(cache=True, nogil=True)
+def _keep_row_topk(ids: np.ndarray, values: np.ndarray, k: int, out_indices: np.ndarray, out_data: np.ndarray,
+                   filled: int) -> int:
+    """Append one row's k best entries by (-score, id) to the outputs at `filled`, in the row's order (ids
+    ascending); non-finite scores dropped. Returns the new fill. Linear: the k-th best score by selection, then
+    one pass in id order keeps every better entry and the first ties (the lowest ids)."""
+    length = ids.shape[0]
+    if length == 0:
+        return filled
+    take = min(k, length)
+    # NaN sorts last in np.sort/partition (ascending): negate so that the best come first and NaN stays last
+    kth = np.partition(-values, take - 1)[take - 1]
+    if np.isnan(kth):  # fewer than k scores that are not NaN: all of those are kept
+        kth = np.inf
+    better = 0
+    for value in values:
+        if -value < kth:
+            better += 1
+    ties_left = take - better
+    for j in range(length):
+        value = values[j]
+        keep = -value < kth
+        if not keep and -value == kth and ties_left > 0:
+            keep = True
+            ties_left -= 1
+        if keep and np.isfinite(value):
+            out_indices[filled] = ids[j]
+            out_data[filled] = value
+            filled += 1
+    return filled
+
+
+@numba.njit(cache=True, nogil=True)
 def _row_topk_kernel(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, k: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row (label ids sorted), the k best by (-score, id), in id order; non-finite scores dropped. Linear
-    per row: the k-th best score by selection, then one pass in id order keeps every better entry and the
-    first ties (the lowest ids)."""
+    """Per row (label ids sorted), the k best by (-score, id), in id order; non-finite scores dropped."""
     n = indptr.shape[0] - 1
     out_indptr = np.zeros(n + 1, dtype=np.int64)
     out_indices = np.empty(min(indices.shape[0], n * k), dtype=np.int64)
@@ -123,31 +153,55 @@ def _row_topk_kernel(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
     filled = 0
     for row in range(n):
         start, stop = indptr[row], indptr[row + 1]
-        length = stop - start
-        if length == 0:
-            out_indptr[row + 1] = filled
-            continue
-        segment = data[start:stop]
-        take = min(k, length)
-        # NaN sorts last in np.sort/partition (ascending): negate so that the best come first and NaN stays last
-        kth = np.partition(-segment, take - 1)[take - 1]
-        if np.isnan(kth):  # fewer than k scores that are not NaN: all of those are kept
-            kth = np.inf
-        better = 0
-        for value in segment:
-            if -value < kth:
-                better += 1
-        ties_left = take - better
-        for j in range(length):
-            value = segment[j]
-            keep = -value < kth
-            if not keep and -value == kth and ties_left > 0:
-                keep = True
-                ties_left -= 1
-            if keep and np.isfinite(value):
-                out_indices[filled] = indices[start + j]
-                out_data[filled] = value
-                filled += 1
+        filled = _keep_row_topk(indices[start:stop], data[start:stop], k, out_indices, out_data, filled)
+        out_indptr[row + 1] = filled
+    return out_indptr, out_indices[:filled], out_data[:filled]
+
+
+def vote_topk(weights: np.ndarray, ids: np.ndarray, table: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """`csr_row_topk(csr_from_topk(weights, ids, n) @ table, k)` for a binary `table` (every stored value 1),
+    non-negative `weights` and ids distinct within a row, in one compiled pass: each row's weighted votes,
+    `weights[i, j]` for every column of `table`'s row `ids[i, j]` (ids < 0 and zero weights skipped), then its k
+    best by (-votes, column), in column order. The votes are float32 sums taken in scipy's order (by id, then the
+    table row's order), so the result equals the sparse product's bit for bit."""
+    weights = np.ascontiguousarray(weights, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    # the scratch row is allocated here, not in the kernel: numpy's zeros and empty map large arrays lazily, so a
+    # single text against a million labels pays for the pages its votes touch, not for the whole row
+    sums, touched = np.zeros(table.shape[1], dtype=np.float32), np.empty(table.shape[1], dtype=np.int64)
+    indptr, indices, data = _vote_topk_kernel(weights, ids, table.indptr.astype(np.int64, copy=False),
+                                              table.indices.astype(np.int64, copy=False), sums, touched, int(k))
+    return sp.csr_matrix((data, indices, indptr), shape=(ids.shape[0], table.shape[1]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _vote_topk_kernel(weights: np.ndarray, ids: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                      sums: np.ndarray, touched: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`sums`: a zero float32 scratch row, left zero again after each row; a column was touched in this row
+    when its sum is positive (every vote is)."""
+    n = ids.shape[0]
+    out_indptr = np.zeros(n + 1, dtype=np.int64)
+    out_indices = np.empty(n * k, dtype=np.int64)
+    out_data = np.empty(n * k, dtype=np.float32)
+    filled = 0
+    for row in range(n):
+        count = 0
+        for j in np.argsort(ids[row], kind="mergesort"):
+            point, weight = ids[row, j], weights[row, j]
+            if point < 0 or not weight > 0:
+                continue
+            for p in range(indptr[point], indptr[point + 1]):
+                col = indices[p]
+                if sums[col] == 0:
+                    touched[count] = col
+                    count += 1
+                sums[col] += weight
+        cols = np.sort(touched[:count])
+        values = np.empty(count, dtype=np.float64)
+        for j in range(count):
+            values[j] = sums[cols[j]]
+            sums[cols[j]] = 0.0
+        filled = _keep_row_topk(cols, values, k, out_indices, out_data, filled)
         out_indptr[row + 1] = filled
     return out_indptr, out_indices[:filled], out_data[:filled]
 

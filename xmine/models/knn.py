@@ -25,7 +25,7 @@ from xmine.errors import XmineError
 from xmine.features import TfidfFeaturizer
 from xmine.models.base import Inputs, XMCModel
 from xmine.safeio import csr_from_arrays, load_npz, model_error, params_from
-from xmine.topk import csr_from_topk, csr_product_dense, csr_row_topk, dense_topk, stack_rows
+from xmine.topk import csr_product_dense, dense_topk, stack_rows, vote_topk
 from xmine.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,11 @@ class TfidfKNN(XMCModel):
         extra = 0 if exclude_rows is None else 1
 
         def votes(start: int) -> sp.csr_matrix:
-            sims, ids = self.neighbours(features[start:start + batch_size], self.config.neighbours + extra,
-                                        batch_size)
+            block = features if features.shape[0] <= batch_size else features[start:start + batch_size]
+            sims, ids = self.neighbours(block, self.config.neighbours + extra, batch_size)
             if exclude_rows is not None:
                 sims = np.where(ids == exclude_rows[start:start + batch_size, None], 0.0, sims)
-            weights = csr_from_topk(np.maximum(sims, 0) ** self.config.power, ids, self.train_features.shape[0])
-            weights.eliminate_zeros()
-            return csr_row_topk(weights @ self.train_labels, k)
+            return vote_topk(np.maximum(sims, 0) ** self.config.power, ids, self.train_labels, k)
 
         # batches are independent and their sparse products and top-k release the GIL: several batches run in
         # numba's thread count (set with the model's threads), kept in order; one batch runs on the caller's thread
