@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import json
 import os
 import platform
@@ -40,9 +41,10 @@ DATASETS = {
     "debian-title": ("debian-related", "title", True),
     "debian-full": ("debian-related", "full", True),
     "pypi-keywords": ("pypi-keywords", "full", True),
+    "pypi-deps": ("pypi-deps", "full", True),
 }
-# datasets the project builds itself from a snapshot it ships (bench/datasets/), into bench/data/
-PROJECT_BUILT = {"pypi-keywords"}
+# datasets the project builds itself from a snapshot it ships (bench/datasets/<module>.py), into bench/data/
+PROJECT_BUILT = {"pypi-keywords": "pypi_keywords", "pypi-deps": "pypi_deps"}
 
 
 def dataset_dir(folder: str) -> Path:
@@ -52,11 +54,13 @@ def dataset_dir(folder: str) -> Path:
         return DATA / folder
     out = BENCH / "data" / folder
     if not out.is_dir():
-        from bench.datasets import pypi_keywords
-        print(f"building {out} from {pypi_keywords.SNAPSHOT.name}", flush=True)
-        pypi_keywords.build(pypi_keywords.SNAPSHOT, out)
+        builder = importlib.import_module(f"bench.datasets.{PROJECT_BUILT[folder]}")
+        print(f"building {out} from {builder.SNAPSHOT.name}", flush=True)
+        builder.build(builder.SNAPSHOT, out)
     return out
 QUICK_SETS = ["siamese.epochs=6", "classifier.epochs=3"]
+# the zero-shot MiniLM row runs where texts are short: the transformer sees at most 32 tokens
+SHORT_TEXTS = ("hpo", "debian-title", "pypi-keywords", "pypi-deps")
 
 
 def xmine_runs(suite: str, dataset: str, quick: bool) -> list[tuple[str, str, list[str]]]:
@@ -68,7 +72,7 @@ def xmine_runs(suite: str, dataset: str, quick: bool) -> list[tuple[str, str, li
                 ("NGAME fast", "ngame", ["@fast"] + extra),
                 ("NGAME stage 1, random batches", "ngame", ["stages=[1]", "siamese.batching=random"] + extra[:1]),
                 ("MIPS negatives", "mips", ["classifier.epochs=3"] if quick else [])]
-        if dataset in ("hpo", "debian-title", "pypi-keywords"):  # the transformer sees at most 32 tokens: short texts
+        if dataset in SHORT_TEXTS:
             runs.insert(1, ("MiniLM zero-shot", "zeroshot", []))
         return runs
     if suite == "ngame":

@@ -74,3 +74,37 @@ def test_a_malformed_snapshot_line_is_named(tmp_path):
     path.write_text(json.dumps(_record("a", "b c d", "x")) + "\n{not json\n")
     with pytest.raises(SystemExit, match=r"snap.jsonl:2: not a JSON line"):
         pk.read_snapshot(path)
+
+
+def test_runtime_dependencies_skip_extras_versions_markers_and_self():
+    from bench.datasets.pypi_deps import runtime_dependencies
+
+    requires = ["numpy (>=1.20)", "Requests[socks]>=2; python_version >= '3.8'", "pytest; extra == 'dev'",
+                "my_tool>=1", "numpy<3", "  ", "zope.interface"]
+    assert runtime_dependencies(requires, project="My.Tool") == ["numpy", "requests", "zope-interface"]
+    assert runtime_dependencies(None) == []
+
+
+def test_pypi_deps_build_shares_one_space_and_lists_self_pairs(tmp_path):
+    from bench.datasets import pypi_deps
+
+    def point(name, deps):
+        return {"query": name, "role": "point", "name": name, "summary": f"the {name} project does things",
+                "requires_dist": deps}
+
+    records = [point(f"app{i}", ["numpy", "lib-a" if i % 2 else "lib-b"]) for i in range(10)]
+    records += [point("lib-a", ["numpy"]), point("numpy", ["numpy"])]  # numpy's self-dependency is dropped
+    records += [{"query": n, "role": "label", "name": n, "summary": f"{n} summary"} for n in ("lib-b", "unknown")]
+    stats = pypi_deps.build(_snapshot(tmp_path, records), tmp_path / "ds")
+    labels = (tmp_path / "ds" / "Y.txt").read_text().splitlines()
+    # lib-a is a label (named 5 times) with the text of its own point record; numpy has one too
+    assert labels == ["lib-a: the lib-a project does things", "lib-b: lib-b summary",
+                      "numpy: the numpy project does things"]
+    assert stats["n_train"] + stats["n_test"] == 11  # numpy's point has no dependency left
+    ds = load_dataset(tmp_path / "ds")
+    ids = (tmp_path / "ds" / "trn_ids.txt").read_text().split() + (tmp_path / "ds" / "tst_ids.txt").read_text().split()
+    assert "lib-a" in ids
+    pairs = [tuple(map(int, line.split())) for name in ("filter_labels_train.txt", "filter_labels_test.txt")
+             for line in (tmp_path / "ds" / name).read_text().splitlines()]
+    assert len(pairs) == 1 and pairs[0][1] == 0  # lib-a's own row, its own label
+    assert ds.train.labels.shape[1] == 3

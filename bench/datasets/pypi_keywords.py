@@ -132,7 +132,7 @@ def _write_matrix(path: Path, rows: list[list[int]], n_cols: int) -> None:
             fh.write(" ".join(f"{j}:1.0" for j in row) + "\n")
 
 
-def _quantiles(values: list[int]) -> dict[str, int]:
+def quantiles(values: list[int]) -> dict[str, int]:
     s = sorted(values)
     return {f"q{q:02d}": s[min(len(s) - 1, int(q / 100 * len(s)))] for q in (0, 5, 25, 50, 75, 95, 99)} | {
         "max": s[-1]}
@@ -151,14 +151,6 @@ def build(snapshot: Path, out: Path) -> dict:
     n_test = int(round(TEST_FRACTION * len(kept)))
     splits = {"trn": kept[n_test:], "tst": kept[:n_test]}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    for split, rows in splits.items():
-        (tmp / f"{split}_X.txt").write_text("".join(text + "\n" for _, text, _ in rows), encoding="utf-8")
-        (tmp / f"{split}_ids.txt").write_text("".join(name + "\n" for name, _, _ in rows), encoding="utf-8")
-        _write_matrix(tmp / f"{split}_X_Y.txt", [ys for _, _, ys in rows], len(labels))
-    (tmp / "Y.txt").write_text("".join(tag + "\n" for tag in labels), encoding="utf-8")
-
     train_freq = collections.Counter(j for _, _, ys in splits["trn"] for j in ys)
     stats = {
         "n_crawled": len(records),
@@ -166,14 +158,33 @@ def build(snapshot: Path, out: Path) -> dict:
         "n_train": len(splits["trn"]), "n_test": len(splits["tst"]), "n_labels": len(labels),
         "avg_labels_per_point": sum(len(ys) for _, _, ys in kept) / len(kept),
         "labels_absent_from_train": sum(1 for j in range(len(labels)) if train_freq[j] == 0),
-        "train_label_frequency": _quantiles([train_freq[j] for j in range(len(labels))]),
-        "labels_per_point": _quantiles([len(ys) for _, _, ys in kept]),
-        "words_per_text": _quantiles([len(text.split()) for _, text, _ in kept]),
+        "train_label_frequency": quantiles([train_freq[j] for j in range(len(labels))]),
+        "labels_per_point": quantiles([len(ys) for _, _, ys in kept]),
+        "words_per_text": quantiles([len(text.split()) for _, text, _ in kept]),
         "snapshot": snapshot.name,
         "crawl_dates": _crawl_dates(records),
     }
+    build_folder(out, splits, labels, stats, _readme(stats))
+    return stats
+
+
+def build_folder(out: Path, splits: dict[str, list[tuple[str, str, list[int]]]], labels: list[str], stats: dict,
+                 readme: str, filters: dict[str, list[tuple[int, int]]] | None = None) -> None:
+    """Write a dataset folder (whole or absent: written in a temporary folder, then renamed into place): per split
+    `{split}_X.txt`, `{split}_ids.txt`, `{split}_X_Y.txt` from (id, text, label indices) rows; `Y.txt` (label
+    texts); `filter_labels_{train,test}.txt` when `filters` is given; stats.json; README.md."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    for split, rows in splits.items():
+        (tmp / f"{split}_X.txt").write_text("".join(text + "\n" for _, text, _ in rows), encoding="utf-8")
+        (tmp / f"{split}_ids.txt").write_text("".join(name + "\n" for name, _, _ in rows), encoding="utf-8")
+        _write_matrix(tmp / f"{split}_X_Y.txt", [ys for _, _, ys in rows], len(labels))
+    (tmp / "Y.txt").write_text("".join(label + "\n" for label in labels), encoding="utf-8")
+    for split, pairs in (filters or {}).items():
+        name = {"trn": "filter_labels_train.txt", "tst": "filter_labels_test.txt"}[split]
+        (tmp / name).write_text("".join(f"{row} {label}\n" for row, label in pairs), encoding="utf-8")
     (tmp / "stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
-    (tmp / "README.md").write_text(_readme(stats), encoding="utf-8")
+    (tmp / "README.md").write_text(readme, encoding="utf-8")
     if out.exists():
         old = out.with_name(f".{out.name}-old-{os.getpid()}")
         out.rename(old)
@@ -183,7 +194,6 @@ def build(snapshot: Path, out: Path) -> dict:
         old.rmdir()
     else:
         tmp.rename(out)
-    return stats
 
 
 def _crawl_dates(records: list[dict]) -> str:
