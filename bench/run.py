@@ -58,6 +58,8 @@ def dataset_dir(folder: str) -> Path:
         print(f"building {out} from {builder.SNAPSHOT.name}", flush=True)
         builder.build(builder.SNAPSHOT, out)
     return out
+
+
 QUICK_SETS = ["siamese.epochs=6", "classifier.epochs=3"]
 # the zero-shot MiniLM row runs where texts are short: the transformer sees at most 32 tokens
 SHORT_TEXTS = ("hpo", "debian-title", "pypi-keywords", "pypi-deps")
