@@ -169,20 +169,25 @@ def vote_topk(weights: np.ndarray, ids: np.ndarray, table: sp.csr_matrix, k: int
     # the scratch row is allocated here, not in the kernel: numpy's zeros and empty map large arrays lazily, so a
     # single text against a million labels pays for the pages its votes touch, not for the whole row
     sums, touched = np.zeros(table.shape[1], dtype=np.float32), np.empty(table.shape[1], dtype=np.int64)
+    # room for the output: k per row, but never more than the votes cast (k may be the whole label count)
+    lengths = np.diff(table.indptr)[np.maximum(ids, 0)] * (ids >= 0)
+    capacity = int(min(ids.shape[0] * int(k), lengths.sum()))
     indptr, indices, data = _vote_topk_kernel(weights, ids, table.indptr.astype(np.int64, copy=False),
-                                              table.indices.astype(np.int64, copy=False), sums, touched, int(k))
+                                              table.indices.astype(np.int64, copy=False), sums, touched, int(k),
+                                              capacity)
     return sp.csr_matrix((data, indices, indptr), shape=(ids.shape[0], table.shape[1]))
 
 
 @numba.njit(cache=True, nogil=True)
 def _vote_topk_kernel(weights: np.ndarray, ids: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
-                      sums: np.ndarray, touched: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      sums: np.ndarray, touched: np.ndarray, k: int, capacity: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`sums`: a zero float32 scratch row, left zero again after each row; a column was touched in this row
     when its sum is positive (every vote is)."""
     n = ids.shape[0]
     out_indptr = np.zeros(n + 1, dtype=np.int64)
-    out_indices = np.empty(n * k, dtype=np.int64)
-    out_data = np.empty(n * k, dtype=np.float32)
+    out_indices = np.empty(capacity, dtype=np.int64)
+    out_data = np.empty(capacity, dtype=np.float32)
     filled = 0
     for row in range(n):
         count = 0

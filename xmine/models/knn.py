@@ -110,7 +110,7 @@ class TfidfKNN(XMCModel):
                 sims = np.where(ids == exclude_rows[start:start + batch_size, None], 0.0, sims)
             return vote_topk(np.maximum(sims, 0) ** self.config.power, ids, self.train_labels, k)
 
-        # batches are independent and their sparse products and top-k release the GIL: several batches run in
+        # batches are independent and their neighbour search and compiled votes release the GIL: several batches run in
         # numba's thread count (set with the model's threads), kept in order; one batch runs on the caller's thread
         starts = range(0, features.shape[0], batch_size)
         out = []
