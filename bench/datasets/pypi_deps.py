@@ -19,24 +19,23 @@ import argparse
 import collections
 import concurrent.futures as cf
 import json
-import random
 import re
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from bench.datasets.pypi_keywords import (
-    CRAWL_SEED,
     MIN_SUMMARY_WORDS,
     SPLIT_SEED,
     TEST_FRACTION,
     build_folder,
+    fetch_info,
     normalise_name,
     point_text,
-    quantiles,
     read_snapshot,
+    seeded_project_names,
+    split_points,
+    split_stats,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -93,29 +92,14 @@ def build(snapshot: Path, out: Path) -> dict:
         points.append((normalise_name(name), point_text(name, summary), deps))
     counts = collections.Counter(dep for _, _, deps in points for dep in deps)
     labels = sorted(dep for dep, c in counts.items() if c >= MIN_LABEL_POINTS and dep in summaries)
-    index = {dep: i for i, dep in enumerate(labels)}
-    kept = [(name, text, sorted(index[d] for d in deps if d in index)) for name, text, deps in points]
-    kept = [p for p in kept if p[2]]
-    random.Random(SPLIT_SEED).shuffle(kept)
-    n_test = int(round(TEST_FRACTION * len(kept)))
-    splits = {"trn": kept[n_test:], "tst": kept[:n_test]}
+    splits = split_points(points, labels)
     label_texts = [point_text(*summaries[dep]) for dep in labels]
+    index = {dep: i for i, dep in enumerate(labels)}
     filters = {split: [(row, index[name]) for row, (name, _, _) in enumerate(rows) if name in index]
                for split, rows in splits.items()}
-
-    train_freq = collections.Counter(j for _, _, ys in splits["trn"] for j in ys)
-    stats = {
-        "n_crawled_points": sum(1 for r in records if r.get("role") == "point"),
-        "n_with_summary_and_dependencies": len(points),
-        "n_train": len(splits["trn"]), "n_test": len(splits["tst"]), "n_labels": len(labels),
-        "avg_labels_per_point": sum(len(ys) for _, _, ys in kept) / len(kept),
-        "labels_absent_from_train": sum(1 for j in range(len(labels)) if train_freq[j] == 0),
-        "train_label_frequency": quantiles([train_freq[j] for j in range(len(labels))]),
-        "labels_per_point": quantiles([len(ys) for _, _, ys in kept]),
-        "words_per_text": quantiles([len(text.split()) for _, text, _ in kept]),
-        "filter_pairs": {split: len(pairs) for split, pairs in filters.items()},
-        "snapshot": snapshot.name,
-    }
+    stats = {"n_crawled_points": sum(1 for r in records if r.get("role") == "point"),
+             "n_with_summary_and_dependencies": len(points), **split_stats(splits, len(labels)),
+             "filter_pairs": {split: len(pairs) for split, pairs in filters.items()}, "snapshot": snapshot.name}
     readme = f"""# {NAME}: PyPI project summary -> the projects it depends on
 
 Built by `python -m bench.datasets.pypi_deps build` from `{snapshot.name}` (shipped in bench/datasets/).
@@ -135,25 +119,16 @@ dependencies name. Metadata published on PyPI by each project's authors; cite "P
 
 
 def _fetch(name: str, role: str) -> dict | None:
-    for _ in range(3):
-        try:
-            with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/json", timeout=60) as r:
-                info = json.loads(r.read())["info"]
-            return {"query": name, "role": role, "name": info.get("name"), "summary": info.get("summary"),
-                    "requires_dist": info.get("requires_dist") if role == "point" else None,
-                    "crawled": time.strftime("%Y-%m-%d", time.gmtime())}
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                return {"query": name, "role": role, "error": 404}
-        except (OSError, ValueError, KeyError):
-            time.sleep(2)
-    return None
+    info = fetch_info(name)
+    if not isinstance(info, dict):
+        return None if info is None else {"query": name, "role": role, "error": info}
+    return {"query": name, "role": role, "name": info.get("name"), "summary": info.get("summary"),
+            "requires_dist": info.get("requires_dist") if role == "point" else None,
+            "crawled": time.strftime("%Y-%m-%d", time.gmtime())}
 
 
 def crawl(out: Path, n_names: int, workers: int = 128) -> None:
-    with urllib.request.urlopen("https://pypi.org/simple/", timeout=120) as r:
-        names = re.findall(r'<a href="([^"/]+)/">', r.read().decode())
-    random.Random(CRAWL_SEED).shuffle(names)
+    names = seeded_project_names()
     records: list[dict] = []
     with out.open("w", encoding="utf-8") as fh, cf.ThreadPoolExecutor(workers) as pool:
         for role, todo in (("point", names[:n_names]), ("label", None)):

@@ -144,28 +144,37 @@ def build(snapshot: Path, out: Path) -> dict:
     points = select_points(records)
     counts = collections.Counter(tag for _, _, tags in points for tag in tags)
     labels = sorted(tag for tag, c in counts.items() if c >= MIN_LABEL_POINTS)
-    index = {tag: i for i, tag in enumerate(labels)}
-    kept = [(name, text, sorted(index[t] for t in tags if t in index)) for name, text, tags in points]
+    splits = split_points(points, labels)
+    stats = {"n_crawled": len(records), "n_with_summary_and_tags": len(points), **split_stats(splits, len(labels)),
+             "snapshot": snapshot.name, "crawl_dates": _crawl_dates(records)}
+    build_folder(out, splits, labels, stats, _readme(stats))
+    return stats
+
+
+def split_points(points: list[tuple[str, str, list[str]]], labels: list[str]
+                 ) -> dict[str, list[tuple[str, str, list[int]]]]:
+    """(id, text, label names) points -> {"trn", "tst"} rows of (id, text, label indices into `labels`): names
+    outside `labels` dropped, points left without one dropped, then a seeded random split."""
+    index = {label: i for i, label in enumerate(labels)}
+    kept = [(name, text, sorted(index[n] for n in names if n in index)) for name, text, names in points]
     kept = [p for p in kept if p[2]]
     random.Random(SPLIT_SEED).shuffle(kept)
     n_test = int(round(TEST_FRACTION * len(kept)))
-    splits = {"trn": kept[n_test:], "tst": kept[:n_test]}
+    return {"trn": kept[n_test:], "tst": kept[:n_test]}
 
+
+def split_stats(splits: dict[str, list[tuple[str, str, list[int]]]], n_labels: int) -> dict:
+    """Sizes, label counts and text lengths of a split dataset, for its stats.json and README."""
+    kept = splits["trn"] + splits["tst"]
     train_freq = collections.Counter(j for _, _, ys in splits["trn"] for j in ys)
-    stats = {
-        "n_crawled": len(records),
-        "n_with_summary_and_tags": len(points),
-        "n_train": len(splits["trn"]), "n_test": len(splits["tst"]), "n_labels": len(labels),
+    return {
+        "n_train": len(splits["trn"]), "n_test": len(splits["tst"]), "n_labels": n_labels,
         "avg_labels_per_point": sum(len(ys) for _, _, ys in kept) / len(kept),
-        "labels_absent_from_train": sum(1 for j in range(len(labels)) if train_freq[j] == 0),
-        "train_label_frequency": quantiles([train_freq[j] for j in range(len(labels))]),
+        "labels_absent_from_train": sum(1 for j in range(n_labels) if train_freq[j] == 0),
+        "train_label_frequency": quantiles([train_freq[j] for j in range(n_labels)]),
         "labels_per_point": quantiles([len(ys) for _, _, ys in kept]),
         "words_per_text": quantiles([len(text.split()) for _, text, _ in kept]),
-        "snapshot": snapshot.name,
-        "crawl_dates": _crawl_dates(records),
     }
-    build_folder(out, splits, labels, stats, _readme(stats))
-    return stats
 
 
 def build_folder(out: Path, splits: dict[str, list[tuple[str, str, list[int]]]], labels: list[str], stats: dict,
@@ -225,30 +234,43 @@ are metadata that each project's authors published on PyPI; cite "PyPI project m
 
 # --------------------------------------------------------------------------- crawl
 
-def _fetch(name: str) -> dict | None:
+def seeded_project_names() -> list[str]:
+    """Every project name of PyPI's simple index, in the crawls' seeded random order."""
+    with urllib.request.urlopen("https://pypi.org/simple/", timeout=120) as r:
+        names = re.findall(r'<a href="([^"/]+)/">', r.read().decode())
+    random.Random(CRAWL_SEED).shuffle(names)
+    return names
+
+
+def fetch_info(name: str) -> dict | int | None:
+    """A project's `info` metadata from PyPI's JSON API; 404 for a project that is gone; None when three tries
+    failed otherwise."""
     for _ in range(3):
         try:
             with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/json", timeout=60) as r:
-                info = json.loads(r.read())["info"]
-            rec = {"query": name, "name": info.get("name"), "version": info.get("version"),
-                   "crawled": time.strftime("%Y-%m-%d", time.gmtime())}
-            if (info.get("keywords") or "").strip():  # the rest can never become a point: keep the snapshot small
-                rec |= {"summary": info.get("summary"), "keywords": info["keywords"]}
-            return rec
+                return json.loads(r.read())["info"]
         except urllib.error.HTTPError as e:
             if e.code == 404:
-                return {"query": name, "error": 404}
+                return 404
         except (OSError, ValueError, KeyError):
             time.sleep(2)
     return None
 
 
+def _fetch(name: str) -> dict | None:
+    info = fetch_info(name)
+    if not isinstance(info, dict):
+        return None if info is None else {"query": name, "error": info}
+    rec = {"query": name, "name": info.get("name"), "version": info.get("version"),
+           "crawled": time.strftime("%Y-%m-%d", time.gmtime())}
+    if (info.get("keywords") or "").strip():  # the rest can never become a point: keep the snapshot small
+        rec |= {"summary": info.get("summary"), "keywords": info["keywords"]}
+    return rec
+
+
 def crawl(out: Path, target: int, seconds: float, workers: int = 128) -> None:
     """Append project records to `out` (resumable) until `target` projects with keywords or `seconds` pass."""
-    req = urllib.request.Request("https://pypi.org/simple/")
-    with urllib.request.urlopen(req, timeout=120) as r:
-        names = re.findall(r'<a href="([^"/]+)/">', r.read().decode())
-    random.Random(CRAWL_SEED).shuffle(names)
+    names = seeded_project_names()
     done = set()
     if out.exists():
         done = {json.loads(line)["query"] for line in out.open(encoding="utf-8")}
