@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 from conftest import shared_ngame_config
 
 from xmine.config import (
@@ -408,3 +409,86 @@ def test_cli_predict_set(ds_seen, ngame, small_hpo_seen, tmp_path, capsys):
     capsys.readouterr()
     assert main(cmd[:-4] + ["--predict-set", "shortlist=4"]) == 1  # a clear error, not an exception
     assert "shortlist" in capsys.readouterr().err
+
+
+def _stage1_config(tiny_model_dir, epochs: int, **siamese) -> NGAMEConfig:
+    from xmine.config import FusionConfig
+
+    return _ngame_config(tiny_model_dir, epochs=epochs, **siamese).replace(
+        stages=[1], fusion=FusionConfig(holdout_points=300, stage1_unseen_points=150))
+
+
+def _heldout_of(ds, config: NGAMEConfig, model: NGAME):
+    from xmine.models.ngame import stage1_heldout, stage1_unseen
+
+    unseen = stage1_unseen(ds.train.n_points, config)
+    encoder = model.encoder
+    return stage1_heldout(encoder.prepare(ds.train.texts), encoder.prepare(ds.label_texts), ds.train.labels, unseen,
+                          config)
+
+
+def test_stage1_records_its_heldout_curve_without_changing_what_it_trains(ds, tiny_model_dir):
+    measured = NGAME.train(ds, _stage1_config(tiny_model_dir, 3), progress=False)
+    plain = NGAME.train(ds, _stage1_config(tiny_model_dir, 3, heldout_curve=False), progress=False)
+    # the curve is a measurement on the side: the same encoder, bit for bit
+    assert np.array_equal(measured.label_embeddings, plain.label_embeddings)
+    curve = [(e["heldout_ndcg5_unseen"], e["heldout_ndcg5_seen"]) for e in measured.history["stage1"]]
+    assert len(curve) == 3 and all(0 <= a <= 100 and 0 <= b <= 100 for a, b in curve)
+    assert all(e["heldout_ndcg5_unseen"] is None for e in plain.history["stage1"])
+    # the last epoch's point is the trained encoder's nDCG@5 on those points, measured again from scratch
+    again = _heldout_of(ds, _stage1_config(tiny_model_dir, 3), measured)(measured.encoder)
+    assert len(_heldout_of(ds, _stage1_config(tiny_model_dir, 3), measured)) == 150
+    assert (again.ndcg5_unseen, again.ndcg5_seen) == curve[-1]
+
+
+def test_early_stopping_stops_after_patience_epochs_without_gain_and_keeps_the_best():
+    from xmine.training.siamese import EarlyStopping
+
+    encoder = torch.nn.Linear(2, 1)
+    stopper = EarlyStopping(patience=2)
+    stopped_at = None
+    for epoch, score in enumerate([10.0, 12.0, 11.0, 13.0, 12.5, 13.0, 14.0]):
+        with torch.no_grad():
+            encoder.weight.fill_(score)
+        stopper.observe(epoch, score, encoder)
+        if stopper.stopped:
+            stopped_at = epoch
+            break
+    # one epoch without a gain (11.0) is within the patience; 13.0 is the new best; 12.5, then 13.0, which only
+    # ties it, are two epochs in a row without a gain
+    assert stopped_at == 5 and (stopper.best_epoch, stopper.best_score) == (3, 13.0)
+    with torch.no_grad():
+        encoder.weight.fill_(0.0)
+    assert stopper.restore_best(encoder, last_epoch=5) and encoder.weight[0, 0].item() == 13.0
+    assert not EarlyStopping(0).stopped and EarlyStopping(0).tensors() == {}
+
+
+@pytest.mark.slow  # three stage-1 trainings
+def test_early_stopped_stage1_keeps_its_best_epoch_and_resumes_exactly(ds, tiny_model_dir, tmp_path, monkeypatch):
+    import xmine.training.loop as loop
+
+    config = _stage1_config(tiny_model_dir, 8, early_stopping_patience=1)
+    a = NGAME.train(ds, config, progress=False)
+    curve = [e["heldout_ndcg5_unseen"] for e in a.history["stage1"]]
+    best = int(np.argmax(curve))  # the first best
+    # it ran until one epoch did not beat the best so far (or to the end), and kept the best epoch's encoder
+    expected_epochs = next((e + 1 for e in range(1, len(curve)) if curve[e] <= max(curve[:e])), 8)
+    assert len(curve) == expected_epochs
+    assert _heldout_of(ds, config, a)(a.encoder).ndcg5_unseen == curve[best]
+
+    class Crash(Exception):
+        pass
+
+    def save_then_crash(path, tensors, meta):
+        real_save(path, tensors, meta)
+        if meta["epoch"] == len(curve) - 2:
+            raise Crash
+
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        NGAME.train(ds, config, out_dir=tmp_path / "b", progress=False)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    b = NGAME.train(ds, config, out_dir=tmp_path / "b", resume=True, progress=False)
+    assert [e["heldout_ndcg5_unseen"] for e in b.history["stage1"]] == curve
+    assert np.array_equal(a.label_embeddings, b.label_embeddings)

@@ -278,12 +278,18 @@ class SiameseConfig(Params):
     mixed_precision: bool = True  # used only on CUDA
     grad_clip: float | None = 1.0
     seed: int = 0
+    # after every epoch, rank all labels for the fusion's held-out points stage 1 does not train on
+    # (fusion.stage1_unseen_points) and as many it does: the history's heldout_ndcg5_* curves
+    heldout_curve: bool = True
+    # > 0: stop once this many epochs in a row have not raised the unseen points' nDCG@5, and keep the encoder of
+    # its best epoch (needs heldout_curve and stage1_unseen_points > 0); 0: train all `epochs`
+    early_stopping_patience: int = 0
 
     def validate(self) -> None:
         super().validate()
         _positive(self, "epochs", "batch_size", "lr", "lr_embeddings", "num_negatives", "softmax_tau",
                   "temperature", "grad_clip")
-        _non_negative(self, "margin", "weight_decay", "warmup_fraction")
+        _non_negative(self, "margin", "weight_decay", "warmup_fraction", "early_stopping_patience")
 
 
 FeatureSet = Literal["dense", "sparse", "dense+sparse"]

@@ -62,6 +62,7 @@ from xmine.topk import (
 )
 from xmine.training.checkpoint import config_fingerprint, remove_checkpoints
 from xmine.training.classifiers import train_classifiers
+from xmine.training.heldout import EncoderHeldOut
 from xmine.training.siamese import sample_one_positive, train_siamese
 from xmine.utils import atomic_save_npy, atomic_write_text, seed_everything, set_threads
 
@@ -173,6 +174,16 @@ def stage1_unseen(n_points: int, config: NGAMEConfig) -> np.ndarray:
     holdout = fusion_holdout(n_points, config)
     rng = np.random.default_rng([config.classifier.seed, 19])
     return np.sort(rng.permutation(holdout)[:config.fusion.stage1_unseen_points])
+
+
+def stage1_heldout(point_inputs: Any, label_inputs: Any, labels: sp.csr_matrix, unseen: np.ndarray,
+                   config: NGAMEConfig) -> EncoderHeldOut | None:
+    """Stage 1's per-epoch measure: the stage-1-unseen points, and as many of the fusion's other held-out points
+    (which stage 1 trains on) for the memorisation gap; None when switched off or no point is kept unseen."""
+    if not config.siamese.heldout_curve or len(unseen) == 0:
+        return None
+    seen = np.setdiff1d(fusion_holdout(labels.shape[0], config), unseen)[:len(unseen)]
+    return EncoderHeldOut(point_inputs, label_inputs, labels, unseen, seen)
 
 
 def without_rows(labels: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
@@ -330,7 +341,8 @@ class NGAME(XMCModel):
             stage1_labels = without_rows(split.labels, unseen)
             hist = train_siamese(encoder, point_inputs, label_inputs, stage1_labels, config.siamese,
                                  checkpoint_path=ckpt_dir / "stage1.pt" if ckpt_dir else None, resume=resume,
-                                 progress=progress, config_fingerprint=config_fingerprint(config.to_dict()))
+                                 progress=progress, config_fingerprint=config_fingerprint(config.to_dict()),
+                                 heldout=stage1_heldout(point_inputs, label_inputs, split.labels, unseen, config))
             history["stage1"] = hist.to_list()
             history["stage1_unseen_points"] = config.fusion.stage1_unseen_points
             timings["stage1_seconds"] = time.perf_counter() - t0

@@ -25,6 +25,7 @@ from xmine.encoders.base import Encoder, Prepared
 from xmine.errors import XmineError
 from xmine.losses import build_siamese_loss, in_batch_spread
 from xmine.mining.clusters import ClusterBatchSampler, ClusterSchedule
+from xmine.training.heldout import EncoderHeldOut
 from xmine.training.loop import EpochCheckpoints, History, optimizer_states, restore_optimizers
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ class EpochRecord:
     neg_cos: float
     gap: float
     points_seen: int | None = None  # training points in this epoch's batches, summed over ranks
+    # the encoder's nDCG@5 over all labels after this epoch, on held-out points stage 1 does not train on and on
+    # as many it does (`EncoderHeldOut`); None when not measured
+    heldout_ndcg5_unseen: float | None = None
+    heldout_ndcg5_seen: float | None = None
+    heldout_seconds: float = 0.0
 
 
 def sample_one_positive(labels: sp.csr_matrix, rng: np.random.Generator) -> np.ndarray:
@@ -110,7 +116,8 @@ def loss_name_at(config: SiameseConfig, epoch: int) -> str:
 
 def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, labels: sp.csr_matrix,
                   config: SiameseConfig, checkpoint_path: str | Path | None = None, resume: bool = False,
-                  progress: bool = True, config_fingerprint: dict[str, Any] | None = None) -> History[EpochRecord]:
+                  progress: bool = True, config_fingerprint: dict[str, Any] | None = None,
+                  heldout: EncoderHeldOut | None = None) -> History[EpochRecord]:
     """Train `encoder` in place. `labels` is the (n_points, n_labels) training label matrix;
     points without a label are skipped. With `checkpoint_path`, the state is saved atomically after
     every epoch, and `resume=True` continues from it with the same result as an uninterrupted run.
@@ -120,7 +127,11 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
     (all-gathered embeddings), and DistributedDataParallel averages the gradients, so N ranks compute
     the same step as one process with the same global batch. Rank 0 writes the checkpoint; it holds no
     per-rank state, so a run can resume with a different number of ranks. The checkpoint records the
-    labels' fingerprint and `config_fingerprint` (default: `config`); resuming from one that differs is refused."""
+    labels' fingerprint and `config_fingerprint` (default: `config`); resuming from one that differs is refused.
+
+    With `heldout`, the encoder is measured on held-out points after every epoch (the records' heldout_* fields);
+    with `config.early_stopping_patience` > 0 too, training stops once that many epochs in a row have not raised the
+    unseen points' nDCG@5 above its best, and the encoder is left with the weights of its best epoch."""
     labels = sp.csr_matrix(labels)
     checkpoints = EpochCheckpoints(checkpoint_path, labels, config_fingerprint or config.to_dict(), EpochRecord)
     keep = np.flatnonzero(np.diff(labels.indptr) > 0)
@@ -145,17 +156,21 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
     dense_params = [p for g in encoder.parameter_groups(config.lr, config.lr_embeddings) for p in g["params"]]
     use_amp = config.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    stopper = EarlyStopping(config.early_stopping_patience if heldout is not None else 0)
     loaded = checkpoints.resume(resume)
     if loaded is not None:
         tensors, meta = loaded
         encoder.load_state_dict(tensors["encoder"])
         restore_optimizers(optimizers, tensors["optimizers"])
         sampler.load_state_dict(meta["sampler"])
+        stopper.load_state_dict(meta.get("early_stopping", {}), tensors.get("best_encoder"))
     first_epoch = checkpoints.first_epoch(loaded[1] if loaded is not None else None)
     if first_epoch:
         log.info("resuming Siamese training at epoch %d", first_epoch)
 
     for epoch in range(first_epoch, config.epochs):
+        if stopper.stopped:
+            break
         start = time.perf_counter()
         torch.manual_seed(config.seed * 100_003 + epoch)  # dropout etc. reproducible across resumes
         rng = np.random.default_rng([config.seed, epoch])
@@ -209,11 +224,62 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
                              points_per_s=len(keep) / max(seconds, 1e-9), cluster_size=cluster_size,
                              refresh_seconds=refresh_seconds, pos_cos=float(pos_cos), neg_cos=float(neg_cos),
                              gap=float(gap), points_seen=int(round(distributed.all_reduce_mean(seen) * world)))
+        if heldout is not None:
+            scores = heldout(encoder)
+            record.heldout_ndcg5_unseen, record.heldout_ndcg5_seen = scores.ndcg5_unseen, scores.ndcg5_seen
+            record.heldout_seconds = scores.seconds
+            stopper.observe(epoch, scores.ndcg5_unseen, encoder)
         log.info("stage 1 epoch %d/%d: %s loss %.4f, %.1fs (%.0f points/s), clusters %s (refresh %.1fs), "
-                 "in-batch cos pos %.3f neg %.3f", epoch + 1, config.epochs, loss_name, record.loss, seconds,
-                 record.points_per_s, cluster_size, refresh_seconds, pos_cos, neg_cos)
+                 "in-batch cos pos %.3f neg %.3f%s", epoch + 1, config.epochs, loss_name, record.loss, seconds,
+                 record.points_per_s, cluster_size, refresh_seconds, pos_cos, neg_cos,
+                 "" if heldout is None else f", held-out nDCG@5 {record.heldout_ndcg5_unseen:.2f} on "
+                 f"{len(heldout)} unseen points, {record.heldout_ndcg5_seen or 0:.2f} on seen ones")
         checkpoints.end_epoch(record, lambda: ({"encoder": encoder.state_dict(),
-                                                "optimizers": optimizer_states(optimizers)},
-                                               {"sampler": sampler.state_dict()}))
+                                                "optimizers": optimizer_states(optimizers), **stopper.tensors()},
+                                               {"sampler": sampler.state_dict(),
+                                                "early_stopping": stopper.state_dict()}))
+    last_epoch = len(checkpoints.history.epochs) - 1
+    if stopper.restore_best(encoder, last_epoch):
+        log.info("stage 1: stopped after epoch %d; keeping the encoder of epoch %d (held-out nDCG@5 %.2f)",
+                 last_epoch + 1, stopper.best_epoch + 1, stopper.best_score)
     encoder.eval()
     return checkpoints.history
+
+
+class EarlyStopping:
+    """Tracks the best held-out score over epochs and a copy of the encoder's weights at it; `stopped` once `patience`
+    epochs in a row have not beaten it (patience 0: never stops, keeps no copy)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_epoch, self.best_score = -1, float("-inf")
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stopped = False
+
+    def observe(self, epoch: int, score: float, encoder: Encoder) -> None:
+        if self.patience <= 0:
+            return
+        if score > self.best_score:
+            self.best_epoch, self.best_score = epoch, score
+            self.best_state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
+        self.stopped = epoch - self.best_epoch >= self.patience
+
+    def restore_best(self, encoder: Encoder, last_epoch: int) -> bool:
+        """Load the best epoch's weights into `encoder` when it was not `last_epoch`; True when they were loaded."""
+        if self.best_state is None or self.best_epoch == last_epoch:
+            return False
+        encoder.load_state_dict(self.best_state)
+        return True
+
+    def tensors(self) -> dict[str, Any]:
+        return {"best_encoder": self.best_state} if self.best_state is not None else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_epoch": self.best_epoch, "best_score": self.best_score, "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict[str, Any], best_encoder: dict[str, torch.Tensor] | None) -> None:
+        if self.patience <= 0 or not state:
+            return
+        self.best_epoch, self.best_score = int(state["best_epoch"]), float(state["best_score"])
+        self.stopped = bool(state["stopped"])
+        self.best_state = best_encoder
