@@ -341,3 +341,23 @@ def test_report_renders_offline_in_headless_chromium(report: Path, tmp_path: Pat
     # the figures rendered: many distinct grey levels and plenty of non-white pixels down the page
     assert len(np.unique(img)) > 50
     assert (img[2000:] < 250).mean() > 0.02
+
+
+def test_training_figure_shows_the_stage1_heldout_curve_when_recorded() -> None:
+    from xmine.report import figure_training
+
+    def records(heldout: bool, seen: bool) -> list[dict]:
+        return [{"epoch": e, "loss": 2.0 - e / 10, "pos_cos": 0.5, "neg_cos": 0.2, "gap": 0.3,
+                 "heldout_ndcg5_unseen": 20.0 + e if heldout else None,
+                 "heldout_ndcg5_seen": 25.0 + 3 * e if heldout and seen else None} for e in range(4)]
+
+    import matplotlib.image
+
+    heights = {}
+    for case in ((True, True), (True, False), (False, False)):
+        png = figure_training({"stage1": records(*case)})
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        heights[case] = matplotlib.image.imread(io.BytesIO(png)).shape[0]
+    # loss and cosines: one row of two panels; the held-out curve is a third panel, on a second row (also drawn when
+    # no seen points were recorded)
+    assert heights[(True, True)] == heights[(True, False)] > heights[(False, False)]

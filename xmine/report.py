@@ -368,8 +368,9 @@ def figure_training(history: dict[str, Any]) -> bytes:
     from matplotlib.ticker import MaxNLocator
     series = _epoch_series(history)
     cos = next((epochs for _, epochs in series if "pos_cos" in epochs[0]), None)
+    heldout = next((epochs for _, epochs in series if epochs[0].get("heldout_ndcg5_unseen") is not None), None)
     times = _stage_times(history)
-    n_panels = len(series) + (cos is not None) + bool(times)
+    n_panels = len(series) + (cos is not None) + (heldout is not None) + bool(times)
     if n_panels == 0:
         raise XmineError("history.json holds no per-epoch records or stage times to plot")
     cols = min(n_panels, 2)
@@ -394,6 +395,20 @@ def figure_training(history: dict[str, Any]) -> bytes:
         ax.plot(ep, [e.get("gap", np.nan) for e in cos], label="gap", ls="--")
         ax.set_title("stage 1: mean in-batch cosine")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if heldout is not None:
+        ax = flat.pop(0)
+        ep = [int(e.get("epoch", i)) + 1 for i, e in enumerate(heldout)]
+        ax.plot(ep, [e["heldout_ndcg5_unseen"] for e in heldout], label="points stage 1 does not train on",
+                marker="o", ms=3)
+        seen = [e.get("heldout_ndcg5_seen") for e in heldout]
+        if all(v is not None for v in seen):
+            ax.plot(ep, seen, label="points it trains on", marker="o", ms=3, ls="--")
+        ax.set_title("stage 1: encoder nDCG@5 on held-out points (gap = memorisation)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nDCG@5 (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
