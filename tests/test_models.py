@@ -184,7 +184,7 @@ def test_some_fusion_points_are_kept_out_of_stage1_and_checked(ds, tiny_model_di
 def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(ds, tiny_model_dir, tmp_path, monkeypatch):
     import xmine.training.loop as siamese  # the training loops write their checkpoints there
 
-    full = _ngame_config(tiny_model_dir, epochs=4).replace(stages=[1])
+    full = _ngame_config(tiny_model_dir, epochs=4, checkpoint_every_s=0).replace(stages=[1])  # after every epoch
     a = NGAME.train(ds, full, out_dir=tmp_path / "a", progress=False)
     assert not (tmp_path / "a" / "checkpoints").exists()  # deleted once training has finished
 
@@ -206,6 +206,30 @@ def test_resume_gives_the_same_encoder_as_an_uninterrupted_run(ds, tiny_model_di
     assert [e["epoch"] for e in b.history["stage1"]] == [0, 1, 2, 3]
     assert [e["loss"] for e in b.history["stage1"]] == [e["loss"] for e in a.history["stage1"]]
     assert np.array_equal(a.label_embeddings, b.label_embeddings)
+
+
+def test_checkpoints_are_written_at_most_every_checkpoint_every_s_and_always_after_the_last_epoch(
+        ds, tiny_model_dir, tmp_path, monkeypatch):
+    import xmine.training.loop as loop
+
+    written = []
+    real_save = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, tensors, meta: (written.append(
+        (path.name, meta["epoch"])), real_save(path, tensors, meta)))
+    config = _ngame_config(tiny_model_dir, epochs=3).replace(stages=[1])
+    assert config.siamese.checkpoint_every_s > 10  # the default: a run of seconds writes only its last epoch
+    a = NGAME.train(ds, config, out_dir=tmp_path / "a", progress=False, keep_checkpoints=True)
+    assert written == [("stage1.pt", 2)]
+    written.clear()
+    every = config.replace(siamese=config.siamese.replace(checkpoint_every_s=0))
+    b = NGAME.train(ds, every, out_dir=tmp_path / "b", progress=False)
+    assert written == [("stage1.pt", 0), ("stage1.pt", 1), ("stage1.pt", 2)]
+    assert np.array_equal(a.label_embeddings, b.label_embeddings)  # when it writes changes nothing trained
+    # a finished stage's last checkpoint lets a resumed run skip it, under either setting (a runtime key)
+    written.clear()
+    resumed = NGAME.train(ds, every, out_dir=tmp_path / "a", resume=True, progress=False)
+    assert written == [] and resumed.history["stage1"] == a.history["stage1"]
+    assert np.array_equal(a.label_embeddings, resumed.label_embeddings)
 
 
 @pytest.mark.slow  # a second stage-2 training
@@ -467,7 +491,7 @@ def test_early_stopping_stops_after_patience_epochs_without_gain_and_keeps_the_b
 def test_early_stopped_stage1_keeps_its_best_epoch_and_resumes_exactly(ds, tiny_model_dir, tmp_path, monkeypatch):
     import xmine.training.loop as loop
 
-    config = _stage1_config(tiny_model_dir, 8, early_stopping_patience=1)
+    config = _stage1_config(tiny_model_dir, 8, early_stopping_patience=1, checkpoint_every_s=0)
     a = NGAME.train(ds, config, progress=False)
     curve = [e["heldout_ndcg5_unseen"] for e in a.history["stage1"]]
     best = int(np.argmax(curve))  # the first best

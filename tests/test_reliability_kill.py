@@ -190,7 +190,7 @@ def test_stage2_crashed_and_resumed_is_bit_identical(small_hpo, tiny_model_dir, 
     # the fixed fusion needs no fit: what is under test is the classifier loop's checkpoint
     config = tiny_ngame_config(tiny_model_dir, ranker=RankerConfig(enabled=False), stages=[2],
                                fusion=FusionConfig(kind="fixed"))
-    config = config.replace(classifier=config.classifier.replace(epochs=3))
+    config = config.replace(classifier=config.classifier.replace(epochs=3, checkpoint_every_s=0))
     train = {"init_from": tiny_ngame_dir, "progress": False}
     whole = NGAME.train(ds, config, out_dir=tmp_path / "a", **train)
     crash = _crash_after(monkeypatch, classifier_training, epoch=0)
@@ -206,7 +206,7 @@ def test_stage2_killed_by_sigkill_and_resumed_from_the_cli_is_bit_identical(smal
     from test_reliability import tiny_ngame_config
 
     config = tiny_ngame_config(tiny_model_dir)
-    config = config.replace(classifier=config.classifier.replace(epochs=3))
+    config = config.replace(classifier=config.classifier.replace(epochs=3, checkpoint_every_s=0))
     config.save(tmp_path / "config.json")
     train = [sys.executable, "-m", "xmine", "-q", "train", "--data", str(small_hpo), "--config",
              str(tmp_path / "config.json")]
@@ -228,7 +228,8 @@ def test_mips_crashed_and_resumed_is_bit_identical(small_hpo, tiny_model_dir, tm
     ds = load_dataset(small_hpo)
     config = MIPSMethodConfig(encoder=EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=32,
                                                     num_threads=2),
-                              classifier=ClassifierConfig(epochs=3, features="dense", finetune_encoder=False),
+                              classifier=ClassifierConfig(epochs=3, features="dense", finetune_encoder=False,
+                                                          checkpoint_every_s=0),
                               mips=MIPSConfig(mips_negatives=3, uniform_negatives=20, warmup_epochs=1))
     whole = MIPSClassifier.train(ds, config, out_dir=tmp_path / "a", progress=False)
     crash = _crash_after(monkeypatch, classifier_training, epoch=1)

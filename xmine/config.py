@@ -284,12 +284,16 @@ class SiameseConfig(Params):
     # > 0: stop once this many epochs in a row have not raised the unseen points' nDCG@5, and keep the encoder of
     # its best epoch (needs heldout_curve and stage1_unseen_points > 0); 0: train all `epochs`
     early_stopping_patience: int = 0
+    # with an output directory: write the resumable checkpoint at most this often (and after the last epoch);
+    # 0: after every epoch. Where it is written does not change what is trained.
+    checkpoint_every_s: float = 60.0
 
     def validate(self) -> None:
         super().validate()
         _positive(self, "epochs", "batch_size", "lr", "lr_embeddings", "num_negatives", "softmax_tau",
                   "temperature", "grad_clip")
-        _non_negative(self, "margin", "weight_decay", "warmup_fraction", "early_stopping_patience")
+        _non_negative(self, "margin", "weight_decay", "warmup_fraction", "early_stopping_patience",
+                      "checkpoint_every_s")
 
 
 FeatureSet = Literal["dense", "sparse", "dense+sparse"]
@@ -356,12 +360,15 @@ class ClassifierConfig(Params):
     # a step's cost no longer grows with L. Off by default: not yet measured on the benchmarks' accuracy
     row_sparse_updates: bool = False
     seed: int = 0
+    # with an output directory: write the resumable checkpoint at most this often (and after the last epoch);
+    # 0: after every epoch
+    checkpoint_every_s: float = 60.0
 
     def validate(self) -> None:
         super().validate()
         _positive(self, "epochs", "batch_size", "lr", "lr_sparse", "hash_buckets", "shortlist_size",
                   "triplet_positives", "triplet_negatives", "max_sparse_features")
-        _non_negative(self, "classifier_index_negatives")
+        _non_negative(self, "classifier_index_negatives", "checkpoint_every_s")
 
 
 @dataclass

@@ -26,7 +26,7 @@ from xmine.utils import atomic_torch_save
 
 CHECKPOINT_FORMAT = 2
 # settings that change where and how fast a run goes, not what it computes: free to change on resume
-RUNTIME_KEYS = frozenset({"device", "num_threads", "encode_batch_size", "stages"})
+RUNTIME_KEYS = frozenset({"device", "num_threads", "encode_batch_size", "stages", "checkpoint_every_s"})
 
 
 def data_fingerprint(labels: sp.spmatrix) -> dict[str, Any]:

@@ -119,7 +119,8 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
     labels' fingerprint with `config_fingerprint` (default: `config`): resuming from one that differs is refused."""
     labels = sp.csr_matrix(labels)
     generators = generators or {}
-    checkpoints = EpochCheckpoints(checkpoint_path, labels, config_fingerprint or config.to_dict(), ClassifierEpoch)
+    checkpoints = EpochCheckpoints(checkpoint_path, labels, config_fingerprint or config.to_dict(), ClassifierEpoch,
+                                   config.checkpoint_every_s)
     keep = np.flatnonzero(np.diff(labels.indptr) > 0)
     trainable_encoder = encoder is not None and config.finetune_encoder
     progress = progress and distributed.is_main()
@@ -204,6 +205,6 @@ def train_classifiers(classifiers: LabelClassifiers, labels: sp.csr_matrix, conf
                 tensors["encoder"] = encoder.state_dict()
             return tensors, {"step": step, "generators": generator_states(generators)}
 
-        checkpoints.end_epoch(record, state)
+        checkpoints.end_epoch(record, state, final=epoch == config.epochs - 1)
     model.eval()
     return checkpoints.history

@@ -1,14 +1,16 @@
 """The skeleton both training loops share (NGAME's Siamese stage 1; the shortlist classifiers of NGAME stage 2 and
-of the MIPS method): a record per epoch, a checkpoint after every epoch, and resuming from it.
+of the MIPS method): a record per epoch, a checkpoint at the end of an epoch, and resuming from it.
 
 A loop opens its `EpochCheckpoints`, asks it for the state to resume from (restoring its own tensors and random
-streams from it), runs its remaining epochs, and ends each with `end_epoch(record, state)`: the record joins the
-history, rank 0 writes the checkpoint (the loop's tensors and meta from `state()`, with the epoch, the history and
-the fingerprint of data and hyper-parameters), and every rank waits for it.
+streams from it), runs its remaining epochs, and ends each with `end_epoch(record, state, final)`: the record joins
+the history, rank 0 writes the checkpoint when it is due (the loop's last epoch, or the configured seconds since the
+last one; the loop's tensors and meta from `state()`, with the epoch, the history and the fingerprint of data and
+hyper-parameters), and every rank waits for it. A resumed run continues after the last epoch written.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +41,17 @@ class History(Generic[Record]):
 
 class EpochCheckpoints:
     """One loop's checkpoint file (`path`; None: no checkpoints) and its history. A checkpoint records the
-    fingerprint of the training labels and of `config_fingerprint`; resuming from one that differs is refused."""
+    fingerprint of the training labels and of `config_fingerprint`; resuming from one that differs is refused.
+    `every_seconds`: 0 writes after every epoch; more writes at most that often, and always after the last epoch."""
 
     def __init__(self, path: str | Path | None, labels: sp.spmatrix, config_fingerprint: dict[str, Any],
-                 record_type: Callable[..., Record]) -> None:
+                 record_type: Callable[..., Record], every_seconds: float = 0.0) -> None:
         self.path = Path(path) if path is not None else None
         self.fingerprint = {"data": data_fingerprint(labels), "config": config_fingerprint}
         self.record_type = record_type
+        self.every_seconds = every_seconds
         self.history: History[Any] = History()
+        self._last_write = time.monotonic()
 
     def resume(self, resume: bool) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """With `resume` and a checkpoint on disk: its (tensors, meta), the history restored from it; the loop
@@ -62,14 +67,19 @@ class EpochCheckpoints:
     def first_epoch(meta: dict[str, Any] | None) -> int:
         return 0 if meta is None else meta["epoch"] + 1
 
-    def end_epoch(self, record: Any, state: Callable[[], tuple[dict[str, Any], dict[str, Any]]]) -> None:
-        """Append the epoch's record; rank 0 writes the checkpoint: the loop's `state()` = (tensors, meta), the meta
-        completed with the epoch, the history and the fingerprint. All ranks wait for it."""
+    def end_epoch(self, record: Any, state: Callable[[], tuple[dict[str, Any], dict[str, Any]]],
+                  final: bool) -> None:
+        """Append the epoch's record; rank 0 writes the checkpoint when the loop's last epoch (`final`) ends or
+        `every_seconds` have passed since the last one: the loop's `state()` = (tensors, meta), the meta completed
+        with the epoch, the history and the fingerprint. All ranks wait for it. (A checkpoint holds the optimiser
+        moments of every weight; written after each short epoch it can cost a third of a small run's time.)"""
         self.history.epochs.append(record)
-        if self.path is not None and distributed.is_main():
+        due = final or time.monotonic() - self._last_write >= self.every_seconds
+        if self.path is not None and due and distributed.is_main():
             tensors, meta = state()
             save_checkpoint(self.path, tensors, {"epoch": record.epoch, **meta, "history": self.history.to_list(),
                                                  "fingerprint": self.fingerprint})
+            self._last_write = time.monotonic()
         distributed.barrier()
 
 

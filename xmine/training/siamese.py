@@ -119,8 +119,9 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
                   progress: bool = True, config_fingerprint: dict[str, Any] | None = None,
                   heldout: EncoderHeldOut | None = None) -> History[EpochRecord]:
     """Train `encoder` in place. `labels` is the (n_points, n_labels) training label matrix;
-    points without a label are skipped. With `checkpoint_path`, the state is saved atomically after
-    every epoch, and `resume=True` continues from it with the same result as an uninterrupted run.
+    points without a label are skipped. With `checkpoint_path`, the state is saved atomically at the end of an
+    epoch (`config.checkpoint_every_s`), and `resume=True` continues from it with the same result as an
+    uninterrupted run.
 
     Under torchrun (see `xmine.distributed`) the loop is data-parallel: `config.batch_size` is the GLOBAL
     batch, each rank encodes its share, the similarity matrix and loss are over the whole global batch
@@ -133,7 +134,8 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
     with `config.early_stopping_patience` > 0 too, training stops once that many epochs in a row have not raised the
     unseen points' nDCG@5 above its best, and the encoder is left with the weights of its best epoch."""
     labels = sp.csr_matrix(labels)
-    checkpoints = EpochCheckpoints(checkpoint_path, labels, config_fingerprint or config.to_dict(), EpochRecord)
+    checkpoints = EpochCheckpoints(checkpoint_path, labels, config_fingerprint or config.to_dict(), EpochRecord,
+                                   config.checkpoint_every_s)
     keep = np.flatnonzero(np.diff(labels.indptr) > 0)
     if keep.size < 2:
         raise XmineError("Siamese training needs at least 2 training points with labels")
@@ -237,7 +239,8 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
         checkpoints.end_epoch(record, lambda: ({"encoder": encoder.state_dict(),
                                                 "optimizers": optimizer_states(optimizers), **stopper.tensors()},
                                                {"sampler": sampler.state_dict(),
-                                                "early_stopping": stopper.state_dict()}))
+                                                "early_stopping": stopper.state_dict()}),
+                              final=epoch == config.epochs - 1 or stopper.stopped)
     last_epoch = len(checkpoints.history.epochs) - 1
     if stopper.restore_best(encoder, last_epoch):
         log.info("stage 1: stopped after epoch %d; keeping the encoder of epoch %d (held-out nDCG@5 %.2f)",
