@@ -64,3 +64,62 @@ def test_bad_inputs(tiny_model_dir):
     with pytest.raises(XmineError, match="not a Hugging Face model directory"):
         build_encoder(EncoderConfig(kind="transformer", model_path=str(tiny_model_dir / "nope")))
     assert torch.is_tensor(encoder(encoder.prepare(["x"])))
+
+
+@pytest.mark.parametrize("model", ["tiny", "default"])
+def test_the_token_table_read_from_safetensors_is_the_models_input_embeddings(model, tiny_model_dir, tmp_path):
+    from transformers import AutoModel
+
+    from xmine.encoders.base import default_model_path
+    from xmine.encoders.bow import pretrained_token_table
+
+    path = str(tiny_model_dir) if model == "tiny" else default_model_path(EncoderConfig())
+    expected = AutoModel.from_pretrained(path).get_input_embeddings().weight.detach()
+    table = pretrained_token_table(path)
+    assert table.dtype == torch.float32 and torch.equal(table, expected)
+
+
+def test_a_token_table_under_another_name_comes_from_the_model_transformers_builds(tmp_path):
+    from transformers import AutoModel, GPT2Config, GPT2Model
+
+    from xmine.encoders.bow import pretrained_token_table
+
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(vocab_size=500, n_embd=16, n_layer=1, n_head=2, n_positions=32)).save_pretrained(tmp_path)
+    expected = AutoModel.from_pretrained(tmp_path).get_input_embeddings().weight.detach()  # GPT-2's is "wte.weight"
+    assert torch.equal(pretrained_token_table(tmp_path), expected)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_the_bag_encoders_training_path_equals_the_embedding_bag(sparse, tiny_model_dir):
+    """Training mixes the batch's distinct token rows with a sparse matrix; inference uses torch's embedding bag.
+    Same means, and the same table gradient, up to float summation order (one row per distinct token)."""
+    config = EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=16, max_length=16)
+    encoder = build_encoder(config, TEXTS)
+    if not sparse:
+        encoder.use_dense_gradients()
+    bags = encoder.prepare(TEXTS + ["syndrome syndrome syndrome type", "Marfan"])
+    with torch.no_grad():
+        reference = encoder._bag_mean(bags)
+    mean = encoder._bag_mean(bags)
+    assert mean.requires_grad and torch.allclose(mean, reference, atol=1e-6)
+    assert torch.equal(reference[3], torch.zeros_like(reference[3]))  # the empty text: the zero bag, as before
+
+    upstream = torch.randn_like(mean)
+    (mean * upstream).sum().backward()
+    grad = encoder.embeddings.weight.grad
+    # the embedding bag's gradient of the same function
+    reference_table = encoder.embeddings.weight.detach().clone().requires_grad_(True)
+    counts = bags.counts
+    indices = torch.from_numpy(counts.indices.astype(np.int64))
+    weights = torch.from_numpy(counts.data) * encoder.token_weights[indices]
+    totals = torch.from_numpy(np.add.reduceat(weights.numpy(), counts.indptr[:-1]) if counts.nnz else np.zeros(0))
+    lengths = torch.from_numpy(np.diff(counts.indptr))
+    summed = torch.nn.functional.embedding_bag(indices, reference_table, torch.from_numpy(counts.indptr[:-1]),
+                                               mode="sum", per_sample_weights=weights)
+    expected_mean = summed / torch.where(lengths > 0, totals, torch.ones_like(totals)).clamp_min(1e-6).unsqueeze(1)
+    (expected_mean * upstream).sum().backward()
+    if sparse:
+        assert grad.is_sparse and grad._nnz() == len(np.unique(counts.indices))
+        grad = grad.to_dense()
+    assert torch.allclose(grad, reference_table.grad, atol=1e-6)
