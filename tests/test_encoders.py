@@ -92,9 +92,11 @@ def test_a_token_table_under_another_name_comes_from_the_model_transformers_buil
 
 @pytest.mark.parametrize("sparse", [True, False])
 def test_the_bag_encoders_training_path_equals_the_embedding_bag(sparse, tiny_model_dir):
-    """Training mixes the batch's distinct token rows with a sparse matrix; inference uses torch's embedding bag.
+    """With distinct_token_gradients, training mixes the batch's distinct token rows with a sparse matrix; inference
+    uses torch's embedding bag.
     Same means, and the same table gradient, up to float summation order (one row per distinct token)."""
-    config = EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=16, max_length=16)
+    config = EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=16, max_length=16,
+                           distinct_token_gradients=True)
     encoder = build_encoder(config, TEXTS)
     if not sparse:
         encoder.use_dense_gradients()
@@ -123,3 +125,10 @@ def test_the_bag_encoders_training_path_equals_the_embedding_bag(sparse, tiny_mo
         assert grad.is_sparse and grad._nnz() == len(np.unique(counts.indices))
         grad = grad.to_dense()
     assert torch.allclose(grad, reference_table.grad, atol=1e-6)
+
+
+def test_the_bag_encoder_trains_through_the_embedding_bag_by_default(tiny_model_dir):
+    encoder = build_encoder(EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=16), TEXTS)
+    bags = encoder.prepare(TEXTS)
+    encoder._bag_mean(bags).sum().backward()
+    assert encoder.embeddings.weight.grad._nnz() == bags.counts.nnz  # one gradient row per (text, token) entry

@@ -119,12 +119,14 @@ class BowEncoder(Encoder):
                                                   np.diff(counts.indptr))).to(device)
         # empty texts (no known token) embed as the zero bag and, after centring, as -mean
         total = torch.zeros(len(bags), device=device).index_add_(0, bag_of_entry, weights).clamp_min(1e-6)
-        if not (torch.is_grad_enabled() and self.embeddings.weight.requires_grad):
+        training = torch.is_grad_enabled() and self.embeddings.weight.requires_grad
+        if not (training and self.config.distinct_token_gradients):
             offsets = torch.from_numpy(counts.indptr[:-1].astype(np.int64)).to(device)
             return self.embeddings(indices, offsets, per_sample_weights=weights) / total.unsqueeze(1)
-        # training: the batch's distinct tokens are gathered once and mixed by a sparse (texts x distinct tokens)
-        # matrix, so the table's gradient has one row per distinct token. The embedding bag's backward writes one
-        # row per (text, token) entry, and adding and coalescing those took about half of a training step.
+        # config.distinct_token_gradients: the batch's distinct tokens are gathered once and mixed by a sparse
+        # (texts x distinct tokens) matrix, so the table's gradient has one row per distinct token. The embedding
+        # bag's backward writes one row per (text, token) entry, and adding and coalescing those took about half of
+        # a training step on long texts.
         tokens, columns = np.unique(counts.indices, return_inverse=True)
         mixing = torch.sparse_coo_tensor(
             torch.stack([bag_of_entry, torch.from_numpy(columns.astype(np.int64).ravel()).to(device)]),
