@@ -42,6 +42,14 @@ def test_fusion_unseen_points_must_not_be_negative():
         FusionConfig.from_dict({"stage1_unseen_points": -1})
 
 
+def test_checkpoint_intervals_must_not_be_negative():
+    from xmine.config import ClassifierConfig, SiameseConfig
+
+    for params in (SiameseConfig, ClassifierConfig):
+        with pytest.raises(ConfigError, match="checkpoint_every_s.*>= 0"):
+            params.from_dict({"checkpoint_every_s": -1})
+
+
 def test_ranker_and_fusion_selection_values_are_checked():
     from xmine.config import FusionConfig, RankerConfig
 

@@ -619,7 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the full configuration (defaults + overrides) as JSON and exit")
     train.add_argument("--text-variant", choices=["full", "title"], default="full",
                        help="the dataset's texts to train on (title: trn_X_title.txt, where the dataset has them)")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoints in --out (written at the end of an epoch, at most every "
+                            "siamese.checkpoint_every_s / classifier.checkpoint_every_s seconds, and after each loop's "
+                            "last epoch)")
     train.add_argument("--keep-checkpoints", action="store_true",
                        help="keep the training checkpoints (optimizer states, for --resume) in --out/checkpoints "
                             "after training has finished; by default they are deleted then")
