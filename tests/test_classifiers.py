@@ -191,3 +191,95 @@ def test_row_sparse_updates_touch_only_the_scored_rows_and_match_adam_on_them():
         assert not torch.equal(after[np.unique(cand)], before[np.unique(cand)])
         weights.append(after.clone())
     torch.testing.assert_close(weights[0], weights[1], atol=1e-5, rtol=0)
+
+
+def _pair_kernel_case(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n_labels, dim, batch, width = 300, 16, 24, 40
+    init = rng.standard_normal((n_labels, dim)).astype(np.float32)
+    emb = torch.from_numpy(rng.standard_normal((batch, dim)).astype(np.float32))
+    cand = rng.integers(0, n_labels, size=(batch, width))
+    cand[:, :3] = cand[0, :3]  # labels shared by every row, as in-batch negatives are
+    cand[2, 5:9] = -1  # padding
+    x = sp.random(batch, 50, density=0.2, format="csr", dtype=np.float32, random_state=seed)
+    upstream = torch.from_numpy(rng.standard_normal(cand.shape).astype(np.float32))
+    return n_labels, dim, init, emb, cand, x, upstream
+
+
+def _scores_and_gradients(pair_kernel: bool, sparse_grad: bool, case) -> tuple[torch.Tensor, ...]:
+    n_labels, dim, init, emb, cand, x, upstream = case
+    clf = LabelClassifiers(n_labels, dim, "dense+sparse", hash_buckets=1 << 10, sparse_grad=sparse_grad,
+                           pair_kernel=pair_kernel)
+    clf.init_dense(init)
+    with torch.no_grad():
+        clf.sparse_table.weight.normal_(generator=torch.Generator().manual_seed(0))
+    queries = emb.clone().requires_grad_()  # a fine-tuned encoder's output needs its gradient too
+    scores = clf.score(queries, x, cand)
+    (scores * upstream).sum().backward()
+    weight_grad = clf.weight.grad.to_dense() if sparse_grad else clf.weight.grad
+    assert clf.weight.grad.is_sparse == sparse_grad
+    return scores.detach(), weight_grad, queries.grad, clf.bias.grad, clf.sparse_table.weight.grad
+
+
+@pytest.mark.parametrize("sparse_grad", [False, True])
+def test_pair_kernel_scores_and_gradients_equal_the_product_path(sparse_grad):
+    """classifier.pair_kernel: the compiled pair scores give the product-against-distinct-candidates path's scores
+    and gradients (weights dense or row-sparse, queries, biases, hashed table) up to float summation order."""
+    case = _pair_kernel_case()
+    product = _scores_and_gradients(False, sparse_grad, case)
+    kernel = _scores_and_gradients(True, sparse_grad, case)
+    for a, b in zip(product, kernel, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    # rows no pair scored get no gradient; padding reads label 0, as the product path does
+    n_labels, _, _, _, cand, _, _ = case
+    untouched = np.setdiff1d(np.arange(n_labels), np.maximum(cand, 0))
+    assert len(untouched) and not kernel[1][untouched].any()
+
+
+def test_pair_kernel_results_do_not_depend_on_the_thread_count():
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one numba thread on this machine")
+    case = _pair_kernel_case(1)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _scores_and_gradients(True, False, case)
+        numba.set_num_threads(2)
+        two = _scores_and_gradients(True, False, case)
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_training_with_the_pair_kernel_follows_the_product_path():
+    """Three epochs of `train_classifiers` with and without the pair kernel: the same losses and weights up to
+    the float rounding that summation order makes (which compounds over steps: 1e-4)."""
+    from xmine.training.classifiers import train_classifiers
+
+    rng = np.random.default_rng(3)
+    n_points, n_labels, dim = 200, 60, 8
+    labels = sp.csr_matrix((rng.random((n_points, n_labels)) < 0.05).astype(np.float32))
+    embeddings = rng.standard_normal((n_points, dim)).astype(np.float32)
+    features = sp.random(n_points, 30, density=0.1, format="csr", dtype=np.float32, random_state=3)
+    init = rng.standard_normal((n_labels, dim)).astype(np.float32)
+    shortlist = rng.integers(0, n_labels, size=(n_points, 12))
+
+    def negatives(rows, batch_emb, batch_pos, epoch, step):
+        return shortlist[rows]
+
+    runs = []
+    for pair_kernel in (False, True):
+        config = ClassifierConfig(epochs=3, batch_size=32, pair_kernel=pair_kernel)
+        clf = LabelClassifiers(n_labels, dim, "dense+sparse", hash_buckets=1 << 10, pair_kernel=pair_kernel)
+        clf.init_dense(init)
+        history = train_classifiers(clf, labels, config, negatives, embeddings=embeddings,
+                                    sparse_features=features, progress=False)
+        runs.append(([epoch.loss for epoch in history.epochs], clf.state_dict()))
+    (loss_a, state_a), (loss_b, state_b) = runs
+    assert loss_a[-1] < loss_a[0]
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
+    for key in state_a:
+        torch.testing.assert_close(state_b[key], state_a[key], atol=1e-4, rtol=1e-4)

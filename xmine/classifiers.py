@@ -49,11 +49,14 @@ def _hash_shift(buckets: int) -> int:
 
 class LabelClassifiers(nn.Module):
     def __init__(self, n_labels: int, dim: int, features: FeatureSet, hash_buckets: int = 1 << 22,
-                 max_sparse_features: int = 32, sparse_grad: bool = False) -> None:
+                 max_sparse_features: int = 32, sparse_grad: bool = False, pair_kernel: bool = False) -> None:
         super().__init__()
         # sparse_grad: the dense weights' gradient holds only the rows a batch scored (for a row-wise optimizer,
         # whose step then costs those rows, not all L); a training setting, not saved
         self.sparse_grad = sparse_grad
+        # pair_kernel: training on CPU scores the dense part pair by pair in compiled code (DensePairScores)
+        # instead of a product against the batch's distinct candidates; a training setting, not saved
+        self.pair_kernel = pair_kernel
         self.n_labels, self.dim_dense, self.features, self.hash_buckets = n_labels, dim, features, hash_buckets
         self.max_sparse_features = max_sparse_features
         self.use_dense = features in ("dense", "dense+sparse")
@@ -101,6 +104,10 @@ class LabelClassifiers(nn.Module):
                 # prediction: one compiled dot product per (point, candidate) pair, no gathered copy of rows
                 dense = pair_dots(embeddings.numpy(), self.weight.detach().numpy(), cand_ids)
                 return self._with_sparse(out + torch.from_numpy(dense), sparse_x, candidates)
+            if self.pair_kernel and self.weight.device.type == "cpu":
+                dense = DensePairScores.apply(embeddings, self.weight, np.ascontiguousarray(cand_ids, dtype=np.int64),
+                                              self.sparse_grad)
+                return self._with_sparse(out + dense, sparse_x, candidates)
             # training: score against the batch's distinct candidates only, then pick: avoids materialising a
             # (B, C, d) tensor of gathered weights (the dominant cost of a step otherwise)
             unique, inverse = (torch.from_numpy(a).to(cand.device) for a in unique_ids(cand_ids, self.bias.shape[0]))
@@ -197,6 +204,124 @@ class LabelClassifiers(nn.Module):
         obj = cls(n, d, features, buckets, max_sparse)
         load_state_dict_into(obj, tensors, "classifiers", path)
         return obj
+
+
+class DensePairScores(torch.autograd.Function):
+    """<e_i, w_l> of each (point i, candidate label l) pair on CPU, forward and backward in compiled code: B*C*d
+    operations per pass. The product against the batch's distinct candidates computes B*U*d (U: distinct labels
+    of the batch, tens of thousands on debian-related against a few hundred candidates per point) and its backward
+    scatters a (B, U) gradient and adds U rows into the weights' gradient.
+
+    apply(embeddings (B, d), weight (L, d), candidates (B, C) int64 ids >= 0, sparse_rows) -> (B, C). The weight's
+    gradient is dense (L, d), or with `sparse_rows` a coalesced sparse tensor of the scored rows (for RowSparseAdam).
+    Each score sums over d in its own order (not BLAS's); each gradient row sums its pairs in (point, candidate)
+    order, so results do not depend on the thread count."""
+
+    @staticmethod
+    def forward(ctx: Any, embeddings: torch.Tensor, weight: torch.Tensor, candidates: np.ndarray,
+                sparse_rows: bool) -> torch.Tensor:
+        queries = embeddings.detach().contiguous().numpy()
+        table = weight.detach().contiguous().numpy()
+        ctx.arrays = (queries, table, candidates, sparse_rows)
+        return torch.from_numpy(_dense_pair_scores_kernel(queries, table, candidates))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        queries, table, candidates, sparse_rows = ctx.arrays
+        grad = np.ascontiguousarray(grad.detach().numpy(), dtype=np.float32)
+        grad_queries = grad_table = None
+        if ctx.needs_input_grad[0]:
+            grad_queries = torch.from_numpy(_dense_pair_grad_queries_kernel(grad, table, candidates))
+        if ctx.needs_input_grad[1]:
+            rows, order, starts = _pairs_by_label(candidates.ravel(), table.shape[0])
+            if sparse_rows:
+                values = np.zeros((len(rows), table.shape[1]), np.float32)
+                _dense_pair_grad_rows_kernel(grad, queries, candidates.shape[1], order, starts,
+                                             np.arange(len(rows)), values)
+                grad_table = torch.sparse_coo_tensor(torch.from_numpy(rows)[None], torch.from_numpy(values),
+                                                     table.shape, is_coalesced=True,
+                                                     check_invariants=False)
+            else:
+                values = np.zeros(table.shape, np.float32)
+                _dense_pair_grad_rows_kernel(grad, queries, candidates.shape[1], order, starts, rows, values)
+                grad_table = torch.from_numpy(values)
+        return grad_queries, grad_table, None, None
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)  # fastmath: the sum over d may be reordered (SIMD)
+def _dot_row(queries: np.ndarray, table: np.ndarray, i: int, row: int) -> np.float32:
+    total = np.float32(0.0)
+    for t in range(queries.shape[1]):
+        total += queries[i, t] * table[row, t]
+    return total
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _dense_pair_scores_kernel(queries: np.ndarray, table: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    b, c = candidates.shape
+    out = np.empty((b, c), np.float32)
+    for i in numba.prange(b):
+        for j in range(c):
+            out[i, j] = _dot_row(queries, table, i, candidates[i, j])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairs_by_label(labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A counting sort of the pairs by label: the distinct labels (ascending), the pairs' flat positions grouped by
+    label (in order within a label), and where each label's group starts (one more entry: the end)."""
+    counts = np.zeros(n_labels + 1, np.int64)
+    for label in labels:
+        counts[label + 1] += 1
+    for label in range(n_labels):
+        counts[label + 1] += counts[label]
+    order = np.empty(len(labels), np.int64)
+    fill = counts[:-1].copy()
+    for p in range(len(labels)):
+        order[fill[labels[p]]] = p
+        fill[labels[p]] += 1
+    n_rows = 0
+    for label in range(n_labels):
+        if counts[label + 1] > counts[label]:
+            n_rows += 1
+    rows = np.empty(n_rows, np.int64)
+    starts = np.empty(n_rows + 1, np.int64)
+    k = 0
+    for label in range(n_labels):
+        if counts[label + 1] > counts[label]:
+            rows[k] = label
+            starts[k] = counts[label]
+            k += 1
+    starts[n_rows] = len(labels)
+    return rows, order, starts
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _dense_pair_grad_rows_kernel(grad: np.ndarray, queries: np.ndarray, width: int, order: np.ndarray,
+                                 starts: np.ndarray, targets: np.ndarray, out: np.ndarray) -> None:
+    """out[targets[u]] += sum over label u's pairs (i, j) of grad[i, j] * queries[i], pairs in order."""
+    d = queries.shape[1]
+    for u in numba.prange(len(targets)):
+        target = targets[u]
+        for p in range(starts[u], starts[u + 1]):
+            i = order[p] // width
+            weight = grad[i, order[p] - i * width]
+            for t in range(d):
+                out[target, t] += weight * queries[i, t]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _dense_pair_grad_queries_kernel(grad: np.ndarray, table: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    b, c = candidates.shape
+    d = table.shape[1]
+    out = np.zeros((b, d), np.float32)
+    for i in numba.prange(b):
+        for j in range(c):
+            weight = grad[i, j]
+            row = candidates[i, j]
+            for t in range(d):
+                out[i, t] += weight * table[row, t]
+    return out
 
 
 class HashedPairScores(torch.autograd.Function):

@@ -363,6 +363,10 @@ class ClassifierConfig(Params):
     # update only the label rows a batch scores (row-wise "lazy" Adam) instead of all L rows of the dense weights:
     # a step's cost no longer grows with L. Off by default: not yet measured on the benchmarks' accuracy
     row_sparse_updates: bool = False
+    # on CPU, train the dense part with compiled kernels that score (and differentiate) only the batch's candidate
+    # pairs, instead of a product against all of the batch's distinct candidate labels (xmine.classifiers.
+    # DensePairScores): the same function, summed in another float order
+    pair_kernel: bool = False
     seed: int = 0
     # with an output directory: write the resumable checkpoint at most this often (and after the last epoch);
     # 0: after every epoch

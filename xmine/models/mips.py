@@ -74,7 +74,8 @@ class MIPSClassifier(XMCModel):
             knn.label_texts = None  # stored once, at the model's top level
         classifiers = LabelClassifiers(dataset.n_labels, encoder.dim, config.classifier.features,
                                        config.classifier.hash_buckets,
-                                       config.classifier.max_sparse_features)
+                                       config.classifier.max_sparse_features,
+                                       pair_kernel=config.classifier.pair_kernel)
         if dataset.label_texts is not None and classifiers.weight is not None:
             classifiers.init_dense(encoder.encode(dataset.label_texts, progress=progress, desc="encode labels"))
         elif classifiers.weight is not None:

@@ -438,7 +438,8 @@ class NGAME(XMCModel):
         cfg = self.config
         classifiers = LabelClassifiers(self.n_labels, self.encoder.dim, cfg.classifier.features,
                                        cfg.classifier.hash_buckets, cfg.classifier.max_sparse_features,
-                                       sparse_grad=cfg.classifier.row_sparse_updates)
+                                       sparse_grad=cfg.classifier.row_sparse_updates,
+                                       pair_kernel=cfg.classifier.pair_kernel)
         classifiers.init_dense(self.label_embeddings)
         negatives = ClassifierNegatives(shortlist, classifiers, cfg.classifier, self.n_labels)
         sparse_x = data.features if cfg.classifier.features != "dense" else None
