@@ -283,3 +283,28 @@ def test_training_with_the_pair_kernel_follows_the_product_path():
     np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5)
     for key in state_a:
         torch.testing.assert_close(state_b[key], state_a[key], atol=1e-4, rtol=1e-4)
+
+
+def test_hashed_scores_in_parallel_equal_the_serial_kernel_bit_for_bit():
+    """From PARALLEL_HASHED_ROWS rows the hashed scores run in parallel over rows: each pair's sum keeps its order,
+    so the floats are the serial kernel's exactly (rows without features included)."""
+    from xmine.classifiers import (
+        PARALLEL_HASHED_ROWS,
+        _hash_shift,
+        _hashed_scores,
+        _hashed_scores_kernel,
+        _hashed_scores_parallel,
+    )
+
+    rng = np.random.default_rng(0)
+    rows = PARALLEL_HASHED_ROWS + 7
+    x = sp.random(rows, 200, density=0.1, format="lil", dtype=np.float32, random_state=0)
+    x[3] = 0
+    x = x.tocsr()
+    table = rng.standard_normal(1 << 12).astype(np.float32)
+    labels = rng.integers(0, 500, size=(rows, 30))
+    args = (table, x.indptr, x.indices, x.data, labels, _hash_shift(1 << 12))
+    serial = _hashed_scores_kernel(*args)
+    assert not serial[3].any() and serial.any()
+    assert np.array_equal(_hashed_scores_parallel(*args), serial)
+    assert np.array_equal(_hashed_scores(*args), serial)

@@ -337,7 +337,7 @@ class HashedPairScores(torch.autograd.Function):
         shift = _hash_shift(int(table.shape[0]))
         ctx.arrays = (indptr, indices, values, labels, shift, int(table.shape[0]))
         weights = table.detach().contiguous().numpy()
-        return torch.from_numpy(_hashed_scores_kernel(weights, indptr, indices, values, labels, shift))
+        return torch.from_numpy(_hashed_scores(weights, indptr, indices, values, labels, shift))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
@@ -364,17 +364,43 @@ def _hash_pairs_kernel(labels: np.ndarray, features: np.ndarray, shift: int) -> 
     return out
 
 
+PARALLEL_HASHED_ROWS = 16  # from this many rows the hashed scores are computed in parallel over rows
+
+
+def _hashed_scores(table: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+                   labels: np.ndarray, shift: int) -> np.ndarray:
+    """(B, C) hashed-table scores. Rows are independent and each pair's sum runs in the same order either way, so
+    the parallel kernel gives the serial one's floats bit for bit; a single text (serving) stays serial, where
+    starting the thread team would cost more than it saves."""
+    kernel = _hashed_scores_parallel if labels.shape[0] >= PARALLEL_HASHED_ROWS else _hashed_scores_kernel
+    return kernel(table, indptr, indices, values, labels, shift)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _hashed_scores_row(table: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+                       labels: np.ndarray, shift: int, out: np.ndarray, i: int) -> None:
+    for j in range(labels.shape[1]):
+        total = np.float32(0.0)
+        for a in range(indptr[i], indptr[i + 1]):
+            total += values[a] * table[_bucket(labels[i, j], indices[a], shift)]
+        out[i, j] = total
+
+
 @numba.njit(cache=True, nogil=True)
 def _hashed_scores_kernel(table: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
                           labels: np.ndarray, shift: int) -> np.ndarray:
-    b, c = labels.shape
-    out = np.zeros((b, c), np.float32)
-    for i in range(b):
-        for j in range(c):
-            total = np.float32(0.0)
-            for a in range(indptr[i], indptr[i + 1]):
-                total += values[a] * table[_bucket(labels[i, j], indices[a], shift)]
-            out[i, j] = total
+    out = np.zeros(labels.shape, np.float32)
+    for i in range(labels.shape[0]):
+        _hashed_scores_row(table, indptr, indices, values, labels, shift, out, i)
+    return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _hashed_scores_parallel(table: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+                            labels: np.ndarray, shift: int) -> np.ndarray:
+    out = np.zeros(labels.shape, np.float32)
+    for i in numba.prange(labels.shape[0]):
+        _hashed_scores_row(table, indptr, indices, values, labels, shift, out, i)
     return out
 
 
