@@ -365,7 +365,8 @@ class ClassifierConfig(Params):
     row_sparse_updates: bool = False
     # on CPU, train the dense part with compiled kernels that score (and differentiate) only the batch's candidate
     # pairs, instead of a product against all of the batch's distinct candidate labels (xmine.classifiers.
-    # DensePairScores): the same function, summed in another float order
+    # DensePairScores): the same function, summed in another float order. NGAME's default; the MIPS method keeps
+    # the product (not measured there)
     pair_kernel: bool = False
     seed: int = 0
     # with an output directory: write the resumable checkpoint at most this often (and after the last epoch);
@@ -571,7 +572,9 @@ class NGAMEConfig(Params):
     tfidf: TfidfConfig = field(default_factory=TfidfConfig)
     # 3 classifier epochs: a 4th and 5th changed test P@1 and PSP@5 by less than seed-to-seed noise (docs/cost.md)
     # for two fifths more classifier time
-    classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(epochs=3))
+    # the pair kernel trains the same classifiers up to float order, at a fraction of the step's cost on large label
+    # sets (docs/cost.md); it moved no test score beyond the seed spread on the seven bench datasets (docs/accuracy.md)
+    classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(epochs=3, pair_kernel=True))
     ranker: RankerConfig = field(default_factory=RankerConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
