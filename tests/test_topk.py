@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from xmine.shortlist import recall_of_shortlist
 from xmine.topk import (
+    PARALLEL_PAIR_ROWS,
     candidate_keys,
     csr_entry_keys,
     csr_from_topk,
@@ -72,6 +74,24 @@ def test_pair_dots_equal_the_plain_gather_and_padding_scores_zero():
     plain = np.where(ids >= 0, np.einsum("nd,ncd->nc", queries, table[np.maximum(ids, 0)]), 0)
     assert np.allclose(pair_dots(queries, table, ids), plain, atol=1e-5)
     assert (pair_dots(queries, table, ids)[ids < 0] == 0).all()
+
+
+def test_pair_dots_in_parallel_equal_the_serial_kernel_bit_for_bit():
+    """From PARALLEL_PAIR_ROWS queries on, the rows are shared among threads (classifier training uses this
+    path); each pair must be the very sum the serial kernel makes, at any thread count."""
+    rng = np.random.default_rng(1)
+    table = rng.normal(size=(500, 48)).astype(np.float32)
+    queries = rng.normal(size=(3 * PARALLEL_PAIR_ROWS, 48)).astype(np.float32)
+    ids = rng.integers(-1, 500, size=(len(queries), 70))
+    serial = np.concatenate([pair_dots(queries[i:i + 1], table, ids[i:i + 1]) for i in range(len(queries))])
+    previous = numba.get_num_threads()
+    try:
+        for threads in (1, previous):
+            numba.set_num_threads(threads)
+            assert np.array_equal(pair_dots(queries, table, ids), serial)
+    finally:
+        numba.set_num_threads(previous)
+    assert (serial[ids < 0] == 0).all()
 
 
 def _plain_csr_row_topk(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:

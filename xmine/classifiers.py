@@ -223,7 +223,7 @@ class DensePairScores(torch.autograd.Function):
         queries = embeddings.detach().contiguous().numpy()
         table = weight.detach().contiguous().numpy()
         ctx.arrays = (queries, table, candidates, sparse_rows)
-        return torch.from_numpy(_dense_pair_scores_kernel(queries, table, candidates))
+        return torch.from_numpy(pair_dots(queries, table, candidates))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
@@ -246,24 +246,6 @@ class DensePairScores(torch.autograd.Function):
                 _dense_pair_grad_rows_kernel(grad, queries, candidates.shape[1], order, starts, rows, values)
                 grad_table = torch.from_numpy(values)
         return grad_queries, grad_table, None, None
-
-
-@numba.njit(cache=True, nogil=True, fastmath=True)  # fastmath: the sum over d may be reordered (SIMD)
-def _dot_row(queries: np.ndarray, table: np.ndarray, i: int, row: int) -> np.float32:
-    total = np.float32(0.0)
-    for t in range(queries.shape[1]):
-        total += queries[i, t] * table[row, t]
-    return total
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _dense_pair_scores_kernel(queries: np.ndarray, table: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    b, c = candidates.shape
-    out = np.empty((b, c), np.float32)
-    for i in numba.prange(b):
-        for j in range(c):
-            out[i, j] = _dot_row(queries, table, i, candidates[i, j])
-    return out
 
 
 @numba.njit(cache=True, nogil=True)

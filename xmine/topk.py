@@ -269,29 +269,49 @@ def unique_ids(ids: np.ndarray, n_ids: int) -> tuple[np.ndarray, np.ndarray]:
     return unique, position[ids]
 
 
+PARALLEL_PAIR_ROWS = 16  # from this many queries the pairs are scored in parallel over queries
+
+
 def pair_dots(queries: np.ndarray, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """(n, C) inner products of each query with the rows `ids[i]` of `table` (ids < 0: 0), pair by pair in
     compiled code: n*C*d operations, with no (n, C, d) block of gathered rows and no product against rows that no
-    query asked for. `table` may be memory-mapped; float32 sums in another order than BLAS (within 1e-5)."""
+    query asked for. From `PARALLEL_PAIR_ROWS` queries on, the queries are shared among numba's threads; each
+    pair is the same sum either way, so the result does not depend on the thread count. `table` may be
+    memory-mapped; float32 sums in another order than BLAS (within 1e-5)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     table = np.asarray(table)
     if table.dtype != np.float32 or not table.flags.c_contiguous:
         table = np.ascontiguousarray(table, dtype=np.float32)
-    return _pair_dots_kernel(queries, table, ids)
+    kernel = _pair_dots_parallel if ids.shape[0] >= PARALLEL_PAIR_ROWS else _pair_dots_kernel
+    return kernel(queries, table, ids)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)  # fastmath: the sum over d may be reordered (SIMD)
+def _pair_dot(queries: np.ndarray, table: np.ndarray, i: int, row: int) -> np.float32:
+    """<queries[i], table[row]>, or 0 for row < 0: the one definition of a pair's score."""
+    total = np.float32(0.0)
+    if row >= 0:
+        for t in range(queries.shape[1]):
+            total += queries[i, t] * table[row, t]
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
 def _pair_dots_kernel(queries: np.ndarray, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     n, c = ids.shape
-    d = queries.shape[1]
-    out = np.zeros((n, c), np.float32)
+    out = np.empty((n, c), np.float32)
     for i in range(n):
         for j in range(c):
-            row = ids[i, j]
-            if row >= 0:
-                total = np.float32(0.0)
-                for t in range(d):
-                    total += queries[i, t] * table[row, t]
-                out[i, j] = total
+            out[i, j] = _pair_dot(queries, table, i, ids[i, j])
+    return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _pair_dots_parallel(queries: np.ndarray, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    n, c = ids.shape
+    out = np.empty((n, c), np.float32)
+    for i in numba.prange(n):
+        for j in range(c):
+            out[i, j] = _pair_dot(queries, table, i, ids[i, j])
     return out
