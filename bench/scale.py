@@ -22,6 +22,7 @@ Writes bench/results/scale.json, scale.md and scale.png (log-log).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -111,15 +112,16 @@ def _build_and_time(result: dict, name: str, build, queries: np.ndarray  # noqa:
 
 def _classifier_steps(result: dict, n_labels: int, labels: np.ndarray, points: np.ndarray,
                       positives: list[np.ndarray]):
-    """A short classifier training run, as training does it (`classifier_optimizers`), twice: dense Adam over all L
-    rows (the default) and row-sparse updates (`classifier.row_sparse_updates`, RowSparseAdam over the rows a batch
+    """A short classifier training run, as NGAME's training does it (its classifier config, `classifier_optimizers`;
+    on CPU the dense part scored pair by pair, `classifier.pair_kernel`), twice: dense Adam over all L rows (the
+    default) and row-sparse updates (`classifier.row_sparse_updates`, RowSparseAdam over the rows a batch
     scored). 20 steps of batch 256; candidates = positives + 100 sampled labels (the shortlist search is timed
     with the indexes); sparse part 20 features per point. Returns the label matrix (the MIPS sampler uses it)."""
     import scipy.sparse as sp
     import torch
 
     from xmine.classifiers import LabelClassifiers
-    from xmine.config import ClassifierConfig
+    from xmine.config import NGAMEConfig
     from xmine.losses import build_shortlist_loss
     from xmine.training.classifiers import classifier_optimizers, positive_candidates
 
@@ -133,8 +135,9 @@ def _classifier_steps(result: dict, n_labels: int, labels: np.ndarray, points: n
     y.sum_duplicates()
     batch, n_steps = 256, 20
     for key, row_sparse in (("classifier_step_ms", False), ("classifier_step_row_sparse_ms", True)):
-        config = ClassifierConfig(row_sparse_updates=row_sparse)
-        clf = LabelClassifiers(n_labels, DIM, "dense+sparse", 1 << 22, sparse_grad=row_sparse)
+        config = dataclasses.replace(NGAMEConfig().classifier, row_sparse_updates=row_sparse)
+        clf = LabelClassifiers(n_labels, DIM, "dense+sparse", 1 << 22, sparse_grad=row_sparse,
+                               pair_kernel=config.pair_kernel)
         clf.init_dense(labels)
         optimizers = classifier_optimizers(clf, config)
         loss_fn = build_shortlist_loss(config)
