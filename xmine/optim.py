@@ -2,8 +2,9 @@
 
 `RowSparseAdam` is "lazy" Adam over the rows that a step's sparse gradient holds, the update of
 `torch.optim.SparseAdam`: rows without a gradient keep their values and moments. SparseAdam computes it through
-sparse-tensor arithmetic, which costs several times more per row than gathering the rows' moments, updating them
-densely and writing them back, as this does. It trains the classifiers' weights with
+sparse-tensor arithmetic, which costs several times more per row than updating each row in place in one pass, as
+this does on CPU (a compiled kernel, parallel over rows; elsewhere: gather the rows' moments, update them densely,
+write them back). It trains the classifiers' weights with
 `classifier.row_sparse_updates`, and the bag encoder's token-embedding table (a batch touches a few thousand of its
 30k rows) with `siamese.embedding_optimizer=row_sparse_adam`.
 """
@@ -14,6 +15,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numba
+import numpy as np
 import torch
 
 
@@ -39,8 +42,7 @@ class RowSparseAdam(torch.optim.Optimizer):
                     continue
                 if not param.grad.is_sparse:
                     raise RuntimeError("RowSparseAdam takes sparse row gradients; use torch.optim.Adam for dense ones")
-                grad = param.grad.coalesce()  # one entry per row: repeated rows' gradients summed
-                rows, values = grad.indices()[0], grad.values()
+                rows, values = _distinct_rows(param.grad)
                 state = self.state[param]
                 if not state:
                     state["step"] = torch.tensor(0.0)
@@ -48,12 +50,66 @@ class RowSparseAdam(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
                 step = float(state["step"])
-                exp_avg = state["exp_avg"].index_select(0, rows).lerp_(values, 1 - beta1)
-                exp_avg_sq = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(values, values,
-                                                                                             value=1 - beta2)
-                state["exp_avg"].index_copy_(0, rows, exp_avg)
-                state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
                 step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
-                update = exp_avg.div_(exp_avg_sq.sqrt_().add_(group["eps"]))  # in place on the gathered copies
-                param.index_add_(0, rows, update, alpha=-step_size)
+                update_rows(param.detach(), state["exp_avg"], state["exp_avg_sq"], rows, values, beta1, beta2,
+                            group["eps"], step_size)
         return loss
+
+
+def update_rows(param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, rows: torch.Tensor,
+                values: torch.Tensor, beta1: float, beta2: float, eps: float, step_size: float) -> None:
+    """Adam's step on rows `rows` (distinct) of `param` and of its two moments, in place: on CPU float32 tables
+    the compiled one-pass kernel, otherwise torch gathers, updates and writes back the rows."""
+    tensors = (param, exp_avg, exp_avg_sq, values)
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and t.dim() == 2
+           for t in tensors):
+        param_np, avg_np, avg_sq_np, values_np = (t.numpy() for t in tensors)
+        _row_sparse_adam_kernel(param_np, avg_np, avg_sq_np, rows.numpy(), values_np, np.float32(beta1),
+                                np.float32(beta2), np.float32(eps), np.float32(step_size))
+    else:
+        update_rows_gathered(param, exp_avg, exp_avg_sq, rows, values, beta1, beta2, eps, step_size)
+
+
+def update_rows_gathered(param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, rows: torch.Tensor,
+                         values: torch.Tensor, beta1: float, beta2: float, eps: float, step_size: float) -> None:
+    """`update_rows` in torch operations (any device and dtype): gather the rows' moments, update them, write
+    them back, add the step into the rows."""
+    new_avg = exp_avg.index_select(0, rows).lerp_(values, 1 - beta1)
+    new_avg_sq = exp_avg_sq.index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
+    exp_avg.index_copy_(0, rows, new_avg)
+    exp_avg_sq.index_copy_(0, rows, new_avg_sq)
+    update = new_avg.div_(new_avg_sq.sqrt_().add_(eps))  # in place on the gathered copies
+    param.index_add_(0, rows, update, alpha=-step_size)
+
+
+def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, values) of a sparse row gradient with one entry per row, repeated rows' gradients summed. Autograd
+    hands a gradient over without its "coalesced" flag even when its rows are already distinct and sorted (the
+    classifiers' pair kernel builds it so); strictly increasing rows are taken as they are, which spares a sort."""
+    if not grad.is_coalesced():
+        rows = grad._indices()[0]
+        if rows.numel() < 2 or not bool((rows[1:] > rows[:-1]).all()):
+            grad = grad.coalesce()
+        else:
+            return rows, grad._values()
+    return grad.indices()[0], grad.values()
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _row_sparse_adam_kernel(param: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, rows: np.ndarray,
+                            values: np.ndarray, beta1: np.float32, beta2: np.float32, eps: np.float32,
+                            step_size: np.float32) -> None:
+    """Adam's update of rows `rows` (distinct) of `param` and its moments, in place, one pass per row. The same
+    arithmetic as `update_rows_gathered` in float32 (moments as lerp / multiply-add, then m / (sqrt(v) + eps)); it may
+    round differently in the last bit, where torch's vector kernels fuse a multiply and an add."""
+    one = np.float32(1.0)
+    for k in numba.prange(rows.shape[0]):
+        r = rows[k]
+        for t in range(param.shape[1]):
+            g = values[k, t]
+            m = exp_avg[r, t]
+            m = m + (one - beta1) * (g - m)
+            v = exp_avg_sq[r, t] * beta2 + (one - beta2) * g * g
+            exp_avg[r, t] = m
+            exp_avg_sq[r, t] = v
+            param[r, t] = param[r, t] - step_size * (m / (np.sqrt(v) + eps))
