@@ -362,7 +362,8 @@ class ClassifierConfig(Params):
         kind="hnsw", M=32, ef_construction=100, ef_search=64, exact_below=20_000))
     finetune_encoder: bool = False
     # update only the label rows a batch scores (row-wise "lazy" Adam) instead of all L rows of the dense weights:
-    # a step's cost no longer grows with L. Off by default: not yet measured on the benchmarks' accuracy
+    # a step's cost no longer grows with L. Off by default until its seed protocol is complete (no loss on six of
+    # the seven datasets; debian full texts pending: docs/accuracy.md)
     row_sparse_updates: bool = False
     # on CPU, train the dense part with compiled kernels that score (and differentiate) only the batch's candidate
     # pairs, instead of a product against all of the batch's distinct candidate labels (xmine.classifiers.
