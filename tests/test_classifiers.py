@@ -286,10 +286,10 @@ def test_training_with_the_pair_kernel_follows_the_product_path():
 
 
 def test_hashed_scores_in_parallel_equal_the_serial_kernel_bit_for_bit():
-    """From PARALLEL_HASHED_ROWS rows the hashed scores run in parallel over rows: each pair's sum keeps its order,
+    """From PARALLEL_ROWS rows the hashed scores run in parallel over rows: each pair's sum keeps its order,
     so the floats are the serial kernel's exactly (rows without features included)."""
     from xmine.classifiers import (
-        PARALLEL_HASHED_ROWS,
+        PARALLEL_ROWS,
         _hash_shift,
         _hashed_scores,
         _hashed_scores_kernel,
@@ -297,7 +297,7 @@ def test_hashed_scores_in_parallel_equal_the_serial_kernel_bit_for_bit():
     )
 
     rng = np.random.default_rng(0)
-    rows = PARALLEL_HASHED_ROWS + 7
+    rows = PARALLEL_ROWS + 7
     x = sp.random(rows, 200, density=0.1, format="lil", dtype=np.float32, random_state=0)
     x[3] = 0
     x = x.tocsr()

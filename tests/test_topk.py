@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from xmine.shortlist import recall_of_shortlist
 from xmine.topk import (
-    PARALLEL_PAIR_ROWS,
+    PARALLEL_ROWS,
     candidate_keys,
     csr_entry_keys,
     csr_from_topk,
@@ -77,11 +77,11 @@ def test_pair_dots_equal_the_plain_gather_and_padding_scores_zero():
 
 
 def test_pair_dots_in_parallel_equal_the_serial_kernel_bit_for_bit():
-    """From PARALLEL_PAIR_ROWS queries on, the rows are shared among threads (classifier training uses this
+    """From PARALLEL_ROWS queries on, the rows are shared among threads (classifier training uses this
     path); each pair must be the very sum the serial kernel makes, at any thread count."""
     rng = np.random.default_rng(1)
     table = rng.normal(size=(500, 48)).astype(np.float32)
-    queries = rng.normal(size=(3 * PARALLEL_PAIR_ROWS, 48)).astype(np.float32)
+    queries = rng.normal(size=(3 * PARALLEL_ROWS, 48)).astype(np.float32)
     ids = rng.integers(-1, 500, size=(len(queries), 70))
     serial = np.concatenate([pair_dots(queries[i:i + 1], table, ids[i:i + 1]) for i in range(len(queries))])
     previous = numba.get_num_threads()

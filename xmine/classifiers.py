@@ -23,7 +23,7 @@ from torch import nn
 from xmine.config import FeatureSet
 from xmine.errors import XmineError
 from xmine.safeio import json_field, load_state_dict_into, load_tensors, model_error
-from xmine.topk import csr_row_topk, pair_dots, unique_ids
+from xmine.topk import PARALLEL_ROWS, csr_row_topk, pair_dots, unique_ids
 from xmine.utils import atomic_torch_save
 
 _K1 = np.uint64(0x9E3779B97F4A7C15)
@@ -346,15 +346,12 @@ def _hash_pairs_kernel(labels: np.ndarray, features: np.ndarray, shift: int) -> 
     return out
 
 
-PARALLEL_HASHED_ROWS = 16  # from this many rows the hashed scores are computed in parallel over rows
-
-
 def _hashed_scores(table: np.ndarray, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
                    labels: np.ndarray, shift: int) -> np.ndarray:
     """(B, C) hashed-table scores. Rows are independent and each pair's sum runs in the same order either way, so
     the parallel kernel gives the serial one's floats bit for bit; a single text (serving) stays serial, where
     starting the thread team would cost more than it saves."""
-    kernel = _hashed_scores_parallel if labels.shape[0] >= PARALLEL_HASHED_ROWS else _hashed_scores_kernel
+    kernel = _hashed_scores_parallel if labels.shape[0] >= PARALLEL_ROWS else _hashed_scores_kernel
     return kernel(table, indptr, indices, values, labels, shift)
 
 

@@ -269,13 +269,15 @@ def unique_ids(ids: np.ndarray, n_ids: int) -> tuple[np.ndarray, np.ndarray]:
     return unique, position[ids]
 
 
-PARALLEL_PAIR_ROWS = 16  # from this many queries the pairs are scored in parallel over queries
+# from this many rows (queries, texts) the compiled pair kernels here and in xmine.classifiers run in parallel over
+# rows; below it (a single text when serving) starting numba's thread team costs more than it saves
+PARALLEL_ROWS = 16
 
 
 def pair_dots(queries: np.ndarray, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """(n, C) inner products of each query with the rows `ids[i]` of `table` (ids < 0: 0), pair by pair in
     compiled code: n*C*d operations, with no (n, C, d) block of gathered rows and no product against rows that no
-    query asked for. From `PARALLEL_PAIR_ROWS` queries on, the queries are shared among numba's threads; each
+    query asked for. From `PARALLEL_ROWS` queries on, the queries are shared among numba's threads; each
     pair is the same sum either way, so the result does not depend on the thread count. `table` may be
     memory-mapped; float32 sums in another order than BLAS (within 1e-5)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -283,7 +285,7 @@ def pair_dots(queries: np.ndarray, table: np.ndarray, ids: np.ndarray) -> np.nda
     table = np.asarray(table)
     if table.dtype != np.float32 or not table.flags.c_contiguous:
         table = np.ascontiguousarray(table, dtype=np.float32)
-    kernel = _pair_dots_parallel if ids.shape[0] >= PARALLEL_PAIR_ROWS else _pair_dots_kernel
+    kernel = _pair_dots_parallel if ids.shape[0] >= PARALLEL_ROWS else _pair_dots_kernel
     return kernel(queries, table, ids)
 
 
