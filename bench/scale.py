@@ -113,9 +113,9 @@ def _build_and_time(result: dict, name: str, build, queries: np.ndarray  # noqa:
 def _classifier_steps(result: dict, n_labels: int, labels: np.ndarray, points: np.ndarray,
                       positives: list[np.ndarray]):
     """A short classifier training run, as NGAME's training does it (its classifier config, `classifier_optimizers`;
-    on CPU the dense part scored pair by pair, `classifier.pair_kernel`), twice: dense Adam over all L rows (the
-    default) and row-sparse updates (`classifier.row_sparse_updates`, RowSparseAdam over the rows a batch
-    scored). 20 steps of batch 256; candidates = positives + 100 sampled labels (the shortlist search is timed
+    on CPU the dense part scored pair by pair, `classifier.pair_kernel`), twice: dense Adam over all L rows (the MIPS
+    method's) and row-sparse updates (`classifier.row_sparse_updates`, NGAME's default: RowSparseAdam over the rows
+    a batch scored). 20 steps of batch 256; candidates = positives + 100 sampled labels (the shortlist search is timed
     with the indexes); sparse part 20 features per point. Returns the label matrix (the MIPS sampler uses it)."""
     import scipy.sparse as sp
     import torch

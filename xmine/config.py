@@ -362,8 +362,8 @@ class ClassifierConfig(Params):
         kind="hnsw", M=32, ef_construction=100, ef_search=64, exact_below=20_000))
     finetune_encoder: bool = False
     # update only the label rows a batch scores (row-wise "lazy" Adam) instead of all L rows of the dense weights:
-    # a step's cost no longer grows with L. Off by default until its seed protocol is complete (no loss on six of
-    # the seven datasets; debian full texts pending: docs/accuracy.md)
+    # a step's cost no longer grows with L. NGAME's default (it lost no test score beyond the seed spread on the
+    # seven bench datasets: docs/accuracy.md); the MIPS method keeps dense Adam (not measured there)
     row_sparse_updates: bool = False
     # on CPU, train the dense part with compiled kernels that score (and differentiate) only the batch's candidate
     # pairs, instead of a product against all of the batch's distinct candidate labels (xmine.classifiers.
@@ -575,8 +575,10 @@ class NGAMEConfig(Params):
     # 3 classifier epochs: a 4th and 5th changed test P@1 and PSP@5 by less than seed-to-seed noise (docs/cost.md)
     # for two fifths more classifier time
     # the pair kernel trains the same classifiers up to float order, at a fraction of the step's cost on large label
-    # sets (docs/cost.md); it moved no test score beyond the seed spread on the seven bench datasets (docs/accuracy.md)
-    classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(epochs=3, pair_kernel=True))
+    # sets (docs/cost.md); it moved no test score beyond the seed spread on the seven bench datasets (docs/accuracy.md).
+    # Row-sparse updates make the step's cost independent of the label count (docs/scaling.md), same check
+    classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(epochs=3, pair_kernel=True,
+                                                                                  row_sparse_updates=True))
     ranker: RankerConfig = field(default_factory=RankerConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
