@@ -60,17 +60,6 @@ def test_save_load_gives_identical_scores(tmp_path, rounds):
         assert np.allclose(fusion.combine(scores, cand), loaded.combine(scores, cand))
 
 
-def test_tree_arrays_reproduce_sklearn_predictions():
-    from sklearn.tree import DecisionTreeClassifier
-
-    from xmine.fusion import _tree_arrays, _tree_predict
-
-    rng = np.random.default_rng(3)
-    x, y = rng.normal(size=(500, 3)), rng.random(500) < 0.3
-    tree = DecisionTreeClassifier(max_depth=5, random_state=0).fit(x, y)
-    assert np.allclose(_tree_predict(_tree_arrays(tree), x), tree.predict_proba(x)[:, 1])
-
-
 def test_leakage_check_refits_on_unseen_points_when_the_encoder_memorised_the_others():
     cand, scores, truth, inv_p = _problem(3, n=800)
     relevant = lookup_csr(truth, cand) > 0
@@ -210,9 +199,8 @@ def test_row_ranks_equal_the_double_argsort():
 
 def test_unsampled_unbinned_fit_gives_the_plain_models_on_every_pair():
     from sklearn.linear_model import LogisticRegression
-    from sklearn.tree import DecisionTreeClassifier
 
-    from xmine.fusion import _tree_arrays
+    from xmine.tree import fit_tree
 
     cand, scores, truth, inv_p = _problem(6)
     fits = {}
@@ -230,8 +218,7 @@ def test_unsampled_unbinned_fit_gives_the_plain_models_on_every_pair():
     mean, std = x.mean(0), x.std(0) + 1e-9
     lr = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced").fit((x - mean) / std, y,
                                                                                sample_weight=weights)
-    tree = _tree_arrays(DecisionTreeClassifier(max_depth=7, min_samples_leaf=50, random_state=0).fit(
-        x, y, sample_weight=weights))
+    tree = fit_tree(x, y, weights, 7, 50)
     for fusion in fits.values():
         assert np.array_equal(fusion.coef[:-1], lr.coef_[0] / std)
         assert all(np.array_equal(fusion.tree[key], value) for key, value in tree.items())
@@ -288,9 +275,8 @@ def test_subsample_pairs_keeps_every_positive_up_to_half_and_weights_back_to_the
 
 
 def test_a_tree_fitted_on_bin_codes_splits_the_values_exactly_where_it_split_the_codes():
-    from sklearn.tree import DecisionTreeClassifier
-
-    from xmine.fusion import FeatureBins, _tree_arrays, _tree_predict
+    from xmine.fusion import FeatureBins, _tree_predict
+    from xmine.tree import fit_tree
 
     rng = np.random.default_rng(4)
     x = np.concatenate([rng.normal(size=(3000, 2)), rng.integers(0, 5, (3000, 1))], axis=1)  # a few distinct values
@@ -298,7 +284,7 @@ def test_a_tree_fitted_on_bin_codes_splits_the_values_exactly_where_it_split_the
     bins = FeatureBins(x, 16, sample=1000)
     codes = bins.codes(x)
     assert codes.max() <= 15 and len(bins.edges[2]) <= 5
-    tree = _tree_arrays(DecisionTreeClassifier(max_depth=5, min_samples_leaf=20, random_state=0).fit(codes, y))
+    tree = fit_tree(codes, y, None, 5, 20)
     on_values = bins.value_thresholds(tree)
     assert np.array_equal(_tree_predict(on_values, x), _tree_predict(tree, codes))
     assert not np.array_equal(on_values["threshold"], tree["threshold"])

@@ -36,7 +36,6 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.tree import DecisionTreeClassifier
 from threadpoolctl import threadpool_limits
 
 from xmine.config import FusionConfig
@@ -44,6 +43,7 @@ from xmine.errors import XmineError
 from xmine.metrics import evaluate
 from xmine.safeio import check_array, check_index_range, json_field, load_json, load_npy, model_error, params_from
 from xmine.topk import csr_from_topk, csr_row_topk, lookup_csr
+from xmine.tree import fit_tree
 from xmine.utils import atomic_save_npy, atomic_write_text
 
 SOURCES = ("classifier", "encoder", "knn", "ranker")
@@ -64,21 +64,11 @@ SELECTION_MARGIN = 0.25  # nDCG@5 points
 # shows as a large gap (Bibtex: +8.1 nDCG@5), while on HPO the two came within 0.5 either way between runs, and
 # the fusion fitted on 500 points instead of 2,000 then cost 2.0 test P@1 (54.3 vs 56.3)
 LEAKAGE_MARGIN = 1.0
+TREE_MIN_LEAF = 50  # pairs per leaf of NGAME's decision tree
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
-
-
-def _tree_arrays(tree: DecisionTreeClassifier) -> dict[str, np.ndarray]:
-    raw = tree.tree_
-    counts = raw.value[:, 0, :]
-    proba = counts / np.maximum(counts.sum(1, keepdims=True), 1e-12)
-    positive = np.flatnonzero(tree.classes_ == 1)
-    return {"left": raw.children_left.astype(np.int64), "right": raw.children_right.astype(np.int64),
-            "feature": raw.feature.astype(np.int64), "threshold": raw.threshold.astype(np.float64),
-            "proba": proba[:, positive[0]] if positive.size else np.zeros(raw.node_count),
-            "depth": np.array([raw.max_depth])}
 
 
 def _tree_predict(tree: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
@@ -298,10 +288,9 @@ def fit_pair_models(features: np.ndarray, valid: np.ndarray, target: np.ndarray,
         with threadpool_limits(limits=1, user_api="openmp"):
             forest.fit(codes[pairs[keep] if sampled else pairs], y_lr, sample_weight=boost_weights)
         return coef, bins.value_thresholds(_forest_arrays(forest))
-    tree = DecisionTreeClassifier(max_depth=config.max_depth, min_samples_leaf=50, random_state=seed)
     if bins is None:
-        return coef, _tree_arrays(tree.fit(x, y, sample_weight=weights))
-    return coef, bins.value_thresholds(_tree_arrays(tree.fit(codes[pairs], y, sample_weight=weights)))
+        return coef, fit_tree(x, y, weights, config.max_depth, TREE_MIN_LEAF)
+    return coef, bins.value_thresholds(fit_tree(codes[pairs], y, weights, config.max_depth, TREE_MIN_LEAF))
 
 
 def positive_weights(log_inv_propensity: np.ndarray, target: np.ndarray, power: float) -> np.ndarray:
