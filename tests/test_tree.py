@@ -75,6 +75,14 @@ def test_depth_zero_and_one_class_give_a_single_leaf():
     assert np.isclose(fit_tree(x, y, w, 0, 1)["proba"][0], w[y].sum() / w.sum())
 
 
+def test_a_depth_bound_beyond_any_reachable_depth_grows_the_unbounded_tree():
+    # the node budget of a full tree of depth 70 does not fit in 64 bits: it must not overflow into a bad size
+    x, y, w = _data(8, 300, 2)
+    deep, deeper = fit_tree(x, y, w, 40, 1), fit_tree(x, y, w, 70, 1)
+    assert deep["depth"][0] < 40
+    assert all(np.array_equal(deep[key], deeper[key]) for key in deep)
+
+
 def test_radix_order_sorts_like_a_stable_argsort():
     rng = np.random.default_rng(6)
     x = rng.normal(size=(20000, 4)).astype(np.float32) * np.array([1, 1e-30, 1e30, 1], dtype=np.float32)

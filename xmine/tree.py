@@ -42,7 +42,10 @@ def fit_tree(features: np.ndarray, target: np.ndarray, weights: np.ndarray | Non
     order = sorted_order(x)
     # a level's node number per sample, small so that the random reads of it stay in cache
     level_node = np.zeros(len(y), dtype=np.int16 if max_depth < 15 else np.int32)
-    left, right, feature, threshold, proba, depth = _grow(x, y, w, order, level_node, max_depth, min_samples_leaf)
+    # a full tree of max_depth, or at most 2n - 1 nodes; in Python, where 2 ** (max_depth + 1) cannot overflow
+    max_nodes = min(2 ** (max_depth + 1) - 1, 2 * len(y) + 1)
+    left, right, feature, threshold, proba, depth = _grow(x, y, w, order, level_node, max_depth, min_samples_leaf,
+                                                          max_nodes)
     return {"left": left, "right": right, "feature": feature, "threshold": threshold, "proba": proba,
             "depth": np.array([depth])}
 
@@ -105,7 +108,7 @@ def _gini_proxy(left_w: float, left_pos: float, left_neg: float, node_w: float, 
 
 @numba.njit(cache=True, nogil=True)
 def _grow(x: np.ndarray, y: np.ndarray, w: np.ndarray, order: np.ndarray, level_node: np.ndarray, max_depth: int,
-          min_leaf: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+          min_leaf: int, max_nodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Grows the tree a level at a time: per level, one pass per feature over its sorted samples finds every
     open node's best split on it. `level_node[i]`: sample i's node among the level's nodes, -1 once in a leaf."""
     n, n_features = x.shape
@@ -119,7 +122,6 @@ def _grow(x: np.ndarray, y: np.ndarray, w: np.ndarray, order: np.ndarray, level_
             values[f, p] = x[i, f]
             sorted_w[f, p] = w[i]
             sorted_y[f, p] = y[i]
-    max_nodes = min(2 ** (max_depth + 1) - 1, 2 * n + 1)
     # nodes in the order they are created (level by level); renumbered depth-first at the end
     node_left = np.full(max_nodes, LEAF, dtype=np.int64)
     node_right = np.full(max_nodes, LEAF, dtype=np.int64)
@@ -150,7 +152,7 @@ def _grow(x: np.ndarray, y: np.ndarray, w: np.ndarray, order: np.ndarray, level_
         any_open = False
         for k in range(n_level):
             node = level_start + k
-            open_node[k] = (depth < max_depth and node_count[node] >= 2 and node_count[node] >= 2 * min_leaf
+            open_node[k] = (depth < max_depth and node_count[node] >= 2 * min_leaf
                             and 0 < node_positives[node] < node_count[node])
             any_open = any_open or open_node[k]
         best_proxy = np.full(n_level, -np.inf)
@@ -176,8 +178,8 @@ def _grow(x: np.ndarray, y: np.ndarray, w: np.ndarray, order: np.ndarray, level_
                 # a split between the previous value and this one, when they are distinct and both sides big enough
                 if count >= min_leaf and node_count[node] - count >= min_leaf \
                         and value > last_value[k] + FEATURE_TOLERANCE:
-                    proxy = _gini_proxy(left_w[k], left_pos[k], left_neg[k], node_w[node],
-                                                               node_pos[node], node_neg[node])
+                    proxy = _gini_proxy(left_w[k], left_pos[k], left_neg[k], node_w[node], node_pos[node],
+                                        node_neg[node])
                     if proxy > best_proxy[k]:
                         best_proxy[k] = proxy
                         best_feature[k] = f
