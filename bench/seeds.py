@@ -32,9 +32,10 @@ from xmine.cli import build_config
 
 METRICS = ("P@1", "PSP@5")
 # where a run was computed or what it measured on the side, not what it trained: a result from a run with other values
-# of these is still today's result (siamese.heldout_curve only records stage 1's held-out curve; tests/test_models.py
-# checks that the encoder it trains is the same bit for bit; checkpoint_every_s only says when checkpoints are written)
-MACHINE_SETTINGS = ("num_threads", "device", "heldout_curve", "checkpoint_every_s")
+# of these is still today's result (siamese.heldout_curve and heldout_every only record stage 1's held-out curve;
+# tests/test_models.py checks that the encoder it trains is the same bit for bit; checkpoint_every_s only says when
+# checkpoints are written)
+MACHINE_SETTINGS = ("num_threads", "device", "heldout_curve", "heldout_every", "checkpoint_every_s")
 
 
 def best_peer(key: str, metric: str, lead: bool = False) -> tuple[float, str] | None:

@@ -452,13 +452,18 @@ def _heldout_of(ds, config: NGAMEConfig, model: NGAME):
 
 
 def test_stage1_records_its_heldout_curve_without_changing_what_it_trains(ds, tiny_model_dir):
-    measured = NGAME.train(ds, _stage1_config(tiny_model_dir, 3), progress=False)
+    measured = NGAME.train(ds, _stage1_config(tiny_model_dir, 3, heldout_every=1), progress=False)
     plain = NGAME.train(ds, _stage1_config(tiny_model_dir, 3, heldout_curve=False), progress=False)
+    sparse = NGAME.train(ds, _stage1_config(tiny_model_dir, 3, heldout_every=2), progress=False)
     # the curve is a measurement on the side: the same encoder, bit for bit
     assert np.array_equal(measured.label_embeddings, plain.label_embeddings)
+    assert np.array_equal(measured.label_embeddings, sparse.label_embeddings)
     curve = [(e["heldout_ndcg5_unseen"], e["heldout_ndcg5_seen"]) for e in measured.history["stage1"]]
     assert len(curve) == 3 and all(0 <= a <= 100 and 0 <= b <= 100 for a, b in curve)
     assert all(e["heldout_ndcg5_unseen"] is None for e in plain.history["stage1"])
+    # every second epoch and the last: epochs 2 and 3, with the same values as when measured every epoch
+    sparse_curve = [(e["heldout_ndcg5_unseen"], e["heldout_ndcg5_seen"]) for e in sparse.history["stage1"]]
+    assert sparse_curve == [(None, None), curve[1], curve[2]]
     # the last epoch's point is the trained encoder's nDCG@5 on those points, measured again from scratch
     again = _heldout_of(ds, _stage1_config(tiny_model_dir, 3), measured)(measured.encoder)
     assert len(_heldout_of(ds, _stage1_config(tiny_model_dir, 3), measured)) == 150
@@ -491,7 +496,7 @@ def test_early_stopping_stops_after_patience_epochs_without_gain_and_keeps_the_b
 def test_early_stopped_stage1_keeps_its_best_epoch_and_resumes_exactly(ds, tiny_model_dir, tmp_path, monkeypatch):
     import xmine.training.loop as loop
 
-    config = _stage1_config(tiny_model_dir, 8, early_stopping_patience=1, checkpoint_every_s=0)
+    config = _stage1_config(tiny_model_dir, 8, early_stopping_patience=1, heldout_every=1, checkpoint_every_s=0)
     a = NGAME.train(ds, config, progress=False)
     curve = [e["heldout_ndcg5_unseen"] for e in a.history["stage1"]]
     best = int(np.argmax(curve))  # the first best

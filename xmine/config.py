@@ -283,11 +283,14 @@ class SiameseConfig(Params):
     mixed_precision: bool = True  # used only on CUDA
     grad_clip: float | None = 1.0
     seed: int = 0
-    # after every epoch, rank all labels for the fusion's held-out points stage 1 does not train on
-    # (fusion.stage1_unseen_points) and as many it does: the history's heldout_ndcg5_* curves
+    # rank all labels for the fusion's held-out points stage 1 does not train on (fusion.stage1_unseen_points) and as
+    # many it does: the history's heldout_ndcg5_* curves. It changes nothing trained
     heldout_curve: bool = True
-    # > 0: stop once this many epochs in a row have not raised the unseen points' nDCG@5, and keep the encoder of
-    # its best epoch (needs heldout_curve and stage1_unseen_points > 0); 0: train all `epochs`
+    # measure that curve after every this many epochs and after the last (each measurement re-embeds every label text)
+    heldout_every: int = 4
+    # > 0: stop once this many epochs have passed since the best unseen-points nDCG@5 (checked where the curve is
+    # measured), and keep the encoder of that best epoch (needs heldout_curve and stage1_unseen_points > 0);
+    # 0: train all `epochs`
     early_stopping_patience: int = 0
     # with an output directory: write the resumable checkpoint at most this often (and after the last epoch);
     # 0: after every epoch. Where it is written does not change what is trained.
@@ -296,7 +299,7 @@ class SiameseConfig(Params):
     def validate(self) -> None:
         super().validate()
         _positive(self, "epochs", "batch_size", "lr", "lr_embeddings", "num_negatives", "softmax_tau",
-                  "temperature", "grad_clip")
+                  "temperature", "grad_clip", "heldout_every")
         _non_negative(self, "margin", "weight_decay", "warmup_fraction", "early_stopping_patience",
                       "checkpoint_every_s")
 

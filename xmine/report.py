@@ -368,7 +368,9 @@ def figure_training(history: dict[str, Any]) -> bytes:
     from matplotlib.ticker import MaxNLocator
     series = _epoch_series(history)
     cos = next((epochs for _, epochs in series if "pos_cos" in epochs[0]), None)
-    heldout = next((epochs for _, epochs in series if epochs[0].get("heldout_ndcg5_unseen") is not None), None)
+    # the curve is measured every few epochs (siamese.heldout_every): only those epochs are plotted
+    heldout = next(([e for e in epochs if e.get("heldout_ndcg5_unseen") is not None] for _, epochs in series
+                    if any(e.get("heldout_ndcg5_unseen") is not None for e in epochs)), None)
     times = _stage_times(history)
     n_panels = len(series) + (cos is not None) + (heldout is not None) + bool(times)
     if n_panels == 0:
@@ -400,7 +402,7 @@ def figure_training(history: dict[str, Any]) -> bytes:
         ax.grid(alpha=0.3)
     if heldout is not None:
         ax = flat.pop(0)
-        ep = [int(e.get("epoch", i)) + 1 for i, e in enumerate(heldout)]
+        ep = [int(e["epoch"]) + 1 for e in heldout]
         ax.plot(ep, [e["heldout_ndcg5_unseen"] for e in heldout], label="points stage 1 does not train on",
                 marker="o", ms=3)
         seen = [e.get("heldout_ndcg5_seen") for e in heldout]

@@ -108,6 +108,11 @@ def refresh_clusters(sampler: ClusterBatchSampler, encoder: Encoder, points: Pre
     sampler.clusters = distributed.broadcast_object(sampler.clusters)
 
 
+def is_heldout_epoch(epoch: int, config: SiameseConfig) -> bool:
+    """Whether the held-out curve is measured after `epoch` (0-based): every `heldout_every` epochs and the last."""
+    return (epoch + 1) % config.heldout_every == 0 or epoch == config.epochs - 1
+
+
 def loss_name_at(config: SiameseConfig, epoch: int) -> str:
     if config.loss == "infonce_then_triplet":
         return "infonce" if epoch < int(round(config.warmup_fraction * config.epochs)) else "triplet"
@@ -130,9 +135,10 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
     per-rank state, so a run can resume with a different number of ranks. The checkpoint records the
     labels' fingerprint and `config_fingerprint` (default: `config`); resuming from one that differs is refused.
 
-    With `heldout`, the encoder is measured on held-out points after every epoch (the records' heldout_* fields);
-    with `config.early_stopping_patience` > 0 too, training stops once that many epochs in a row have not raised the
-    unseen points' nDCG@5 above its best, and the encoder is left with the weights of its best epoch."""
+    With `heldout`, the encoder is measured on held-out points every `config.heldout_every` epochs and after the last
+    (the records' heldout_* fields; None where not measured); with `config.early_stopping_patience` > 0 too, training
+    stops at a measurement that comes that many epochs or more after the best unseen-points nDCG@5, and the encoder
+    is left with the weights of its best measured epoch."""
     labels = sp.csr_matrix(labels)
     checkpoints = EpochCheckpoints(checkpoint_path, labels, config_fingerprint or config.to_dict(), EpochRecord,
                                    config.checkpoint_every_s)
@@ -226,7 +232,7 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
                              points_per_s=len(keep) / max(seconds, 1e-9), cluster_size=cluster_size,
                              refresh_seconds=refresh_seconds, pos_cos=float(pos_cos), neg_cos=float(neg_cos),
                              gap=float(gap), points_seen=int(round(distributed.all_reduce_mean(seen) * world)))
-        if heldout is not None:
+        if heldout is not None and is_heldout_epoch(epoch, config):
             scores = heldout(encoder)
             record.heldout_ndcg5_unseen, record.heldout_ndcg5_seen = scores.ndcg5_unseen, scores.ndcg5_seen
             record.heldout_seconds = scores.seconds
@@ -234,8 +240,9 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
         log.info("stage 1 epoch %d/%d: %s loss %.4f, %.1fs (%.0f points/s), clusters %s (refresh %.1fs), "
                  "in-batch cos pos %.3f neg %.3f%s", epoch + 1, config.epochs, loss_name, record.loss, seconds,
                  record.points_per_s, cluster_size, refresh_seconds, pos_cos, neg_cos,
-                 "" if heldout is None else f", held-out nDCG@5 {record.heldout_ndcg5_unseen:.2f} on "
-                 f"{len(heldout)} unseen points, {record.heldout_ndcg5_seen or 0:.2f} on seen ones")
+                 "" if heldout is None or record.heldout_ndcg5_unseen is None else
+                 f", held-out nDCG@5 {record.heldout_ndcg5_unseen:.2f} on {len(heldout)} unseen points, "
+                 f"{record.heldout_ndcg5_seen or 0:.2f} on seen ones")
         checkpoints.end_epoch(record, lambda: ({"encoder": encoder.state_dict(),
                                                 "optimizers": optimizer_states(optimizers), **stopper.tensors()},
                                                {"sampler": sampler.state_dict(),
