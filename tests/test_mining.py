@@ -23,6 +23,52 @@ def test_balanced_clusters_cover_every_point_once_and_are_balanced():
     assert max(sizes) <= 16 and max(sizes) - min(sizes) <= 1
 
 
+def _plain_balanced_clusters(x: np.ndarray, cluster_size: int, rng: np.random.Generator,
+                             iterations: int = 5) -> list[np.ndarray]:
+    """The same recursive balanced 2-means, node by node in numpy and float64: what the compiled levels must equal."""
+    nodes = [np.arange(len(x))]
+    while any(len(node) > cluster_size for node in nodes):
+        lengths = np.array([len(node) for node in nodes if len(node) > cluster_size])
+        first, second = rng.integers(0, lengths), rng.integers(0, lengths - 1)
+        second += second >= first
+        seeds = iter(zip(first, second, strict=True))
+        next_nodes = []
+        for node in nodes:
+            if len(node) <= cluster_size:
+                next_nodes.append(node)
+                continue
+            a, b = next(seeds)
+            points, half = x[node].astype(np.float64), len(node) // 2
+            c0, c1 = points[a], points[b]
+            for it in range(iterations):
+                order = np.argsort(-(points @ (c0 - c1)), kind="stable")
+                if it < iterations - 1:
+                    c0, c1 = (points[part].sum(0) / np.linalg.norm(points[part].sum(0))
+                              for part in (order[:half], order[half:]))
+            next_nodes += [node[order[:half]], node[order[half:]]]
+        nodes = next_nodes
+    return nodes
+
+
+@pytest.mark.parametrize(("n", "d", "cluster_size"), [(1000, 8, 16), (777, 5, 3), (64, 16, 1), (513, 32, 100)])
+def test_compiled_balanced_clusters_equal_the_plain_node_by_node_splits(n, d, cluster_size):
+    x = _unit(np.random.default_rng(n), n, d)
+    fast = balanced_clusters(x, cluster_size, np.random.default_rng(7))
+    plain = _plain_balanced_clusters(x, cluster_size, np.random.default_rng(7))
+    # the same clusters, in the same order, each with its points in the same order
+    assert len(fast) == len(plain) and all(np.array_equal(f, p) for f, p in zip(fast, plain, strict=True))
+
+
+def test_balanced_clusters_keep_duplicate_points_apart_only_by_their_order():
+    # exact ties everywhere: every point appears once, the halves stay balanced, and the result is deterministic
+    x = np.repeat(_unit(np.random.default_rng(3), 10, 4), 30, axis=0)
+    a = balanced_clusters(x, 8, np.random.default_rng(1))
+    b = balanced_clusters(x, 8, np.random.default_rng(1))
+    assert np.array_equal(np.sort(np.concatenate(a)), np.arange(300))
+    assert max(map(len, a)) <= 8 and max(map(len, a)) - min(map(len, a)) <= 1
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+
+
 def test_cluster_size_larger_than_training_set_is_a_clear_error():
     with pytest.raises(ConfigError, match="larger than the training set"):
         balanced_clusters(np.zeros((10, 4), dtype=np.float32), 64, np.random.default_rng(0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numba
 import numpy as np
 
 from xmine.config import ClusterScheduleConfig
@@ -17,39 +18,87 @@ def balanced_clusters(embeddings: np.ndarray, cluster_size: int, rng: np.random.
                       iterations: int = 5) -> list[np.ndarray]:
     """Recursive balanced 2-means (spherical): split every node in two equal halves by the
     difference of its similarities to two centroids, until nodes hold <= cluster_size points.
-    Returns the clusters as arrays of point indices; sizes differ by at most one within a level."""
+    Returns the clusters as arrays of point indices; sizes differ by at most one within a level.
+
+    A level is split at once by compiled code (`_split_level`), nodes in parallel: the nodes are
+    segments of one permutation of the points, so a split writes its halves in place."""
     n = embeddings.shape[0]
     if cluster_size < 1:
         raise ConfigError(f"cluster size must be >= 1, got {cluster_size}")
     if cluster_size > n:
         raise ConfigError(f"cluster size {cluster_size} is larger than the training set ({n} points)")
-    depth = max(0, math.ceil(math.log2(n / cluster_size)))
-    nodes = [np.arange(n)]
-    for _ in range(depth):
-        next_nodes = []
-        for node in nodes:
-            if len(node) <= cluster_size:
-                next_nodes.append(node)
-                continue
-            next_nodes.extend(_split_in_two(embeddings[node], node, rng, iterations))
-        nodes = next_nodes
-    return nodes
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    perm = np.arange(n, dtype=np.int64)
+    bounds = np.array([0, n], dtype=np.int64)  # node k is perm[bounds[k]:bounds[k + 1]]
+    for _ in range(max(0, math.ceil(math.log2(n / cluster_size)))):
+        starts, lengths = bounds[:-1], np.diff(bounds)
+        split = lengths > cluster_size
+        starts, lengths = starts[split], lengths[split]
+        # two distinct seed points per node (lengths >= 2 here)
+        first = rng.integers(0, lengths)
+        second = rng.integers(0, lengths - 1)
+        second += second >= first
+        _split_level(x, perm, starts, lengths, first, second, iterations)
+        bounds = np.union1d(bounds, starts + lengths // 2)
+    return np.split(perm, bounds[1:-1])
 
 
-def _split_in_two(x: np.ndarray, node: np.ndarray, rng: np.random.Generator,
-                  iterations: int) -> tuple[np.ndarray, np.ndarray]:
-    seeds = rng.choice(len(node), size=2, replace=False)
-    centroids = x[seeds].copy()
-    half = len(node) // 2
-    order = np.arange(len(node))
-    for _ in range(iterations):
-        # rank by preference for centroid 0 over centroid 1; the top half goes to 0 (balance)
-        preference = x @ (centroids[0] - centroids[1])
-        order = np.argsort(-preference, kind="stable")
-        for side, part in enumerate((order[:half], order[half:])):
-            mean = x[part].mean(0)
-            centroids[side] = mean / max(np.linalg.norm(mean), 1e-12)
-    return node[order[:half]], node[order[half:]]
+@numba.njit(cache=True, nogil=True, inline="always")
+def _dot(row: np.ndarray, v: np.ndarray) -> float:
+    """row . v in float64 with four running sums in a fixed order (the same result on every machine)."""
+    a0 = a1 = a2 = a3 = 0.0
+    d = row.shape[0]
+    j = 0
+    while j + 4 <= d:
+        a0 += row[j] * v[j]
+        a1 += row[j + 1] * v[j + 1]
+        a2 += row[j + 2] * v[j + 2]
+        a3 += row[j + 3] * v[j + 3]
+        j += 4
+    while j < d:
+        a0 += row[j] * v[j]
+        j += 1
+    return (a0 + a1) + (a2 + a3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _unit(v: np.ndarray) -> np.ndarray:
+    norm = np.sqrt(np.sum(v * v))
+    return v / max(norm, 1e-12)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _split_level(x: np.ndarray, perm: np.ndarray, starts: np.ndarray, lengths: np.ndarray, first: np.ndarray,
+                 second: np.ndarray, iterations: int) -> None:
+    """Split each node perm[starts[k]:starts[k] + lengths[k]] in two halves, in place: centroids start at the
+    node's points `first[k]` and `second[k]`; each iteration ranks the points by their preference for centroid 0
+    over centroid 1 (stable, most preferred first), gives the first half to centroid 0 and the rest to 1, and
+    moves both centroids to their half's normalised mean. The node is left in the last ranking's order."""
+    d = x.shape[1]
+    for k in numba.prange(starts.shape[0]):
+        s, m = starts[k], lengths[k]
+        half = m // 2
+        idx = perm[s:s + m].copy()
+        total = np.zeros(d)
+        for i in range(m):
+            total += x[idx[i]]
+        c0 = x[idx[first[k]]].astype(np.float64)
+        c1 = x[idx[second[k]]].astype(np.float64)
+        negative_preference = np.empty(m)
+        order = np.arange(m)
+        for it in range(iterations):
+            diff = c0 - c1
+            for i in range(m):
+                negative_preference[i] = -_dot(x[idx[i]], diff)
+            order = np.argsort(negative_preference, kind="mergesort")
+            if it == iterations - 1:
+                break  # the centroids of the last ranking are not used
+            sum0 = np.zeros(d)
+            for i in range(half):
+                sum0 += x[idx[order[i]]]
+            c0 = _unit(sum0)
+            c1 = _unit(total - sum0)
+        perm[s:s + m] = idx[order]
 
 
 class ClusterSchedule:
