@@ -369,8 +369,8 @@ def figure_training(history: dict[str, Any]) -> bytes:
     series = _epoch_series(history)
     cos = next((epochs for _, epochs in series if "pos_cos" in epochs[0]), None)
     # the curve is measured every few epochs (siamese.heldout_every): only those epochs are plotted
-    heldout = next(([e for e in epochs if e.get("heldout_ndcg5_unseen") is not None] for _, epochs in series
-                    if any(e.get("heldout_ndcg5_unseen") is not None for e in epochs)), None)
+    measured = ([e for e in epochs if e.get("heldout_ndcg5_unseen") is not None] for _, epochs in series)
+    heldout = next((epochs for epochs in measured if epochs), None)
     times = _stage_times(history)
     n_panels = len(series) + (cos is not None) + (heldout is not None) + bool(times)
     if n_panels == 0:

@@ -232,7 +232,8 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
                              points_per_s=len(keep) / max(seconds, 1e-9), cluster_size=cluster_size,
                              refresh_seconds=refresh_seconds, pos_cos=float(pos_cos), neg_cos=float(neg_cos),
                              gap=float(gap), points_seen=int(round(distributed.all_reduce_mean(seen) * world)))
-        if heldout is not None and is_heldout_epoch(epoch, config):
+        measured = heldout is not None and is_heldout_epoch(epoch, config)
+        if measured:
             scores = heldout(encoder)
             record.heldout_ndcg5_unseen, record.heldout_ndcg5_seen = scores.ndcg5_unseen, scores.ndcg5_seen
             record.heldout_seconds = scores.seconds
@@ -240,7 +241,7 @@ def train_siamese(encoder: Encoder, points: Prepared, label_inputs: Prepared, la
         log.info("stage 1 epoch %d/%d: %s loss %.4f, %.1fs (%.0f points/s), clusters %s (refresh %.1fs), "
                  "in-batch cos pos %.3f neg %.3f%s", epoch + 1, config.epochs, loss_name, record.loss, seconds,
                  record.points_per_s, cluster_size, refresh_seconds, pos_cos, neg_cos,
-                 "" if heldout is None or record.heldout_ndcg5_unseen is None else
+                 "" if not measured else
                  f", held-out nDCG@5 {record.heldout_ndcg5_unseen:.2f} on {len(heldout)} unseen points, "
                  f"{record.heldout_ndcg5_seen or 0:.2f} on seen ones")
         checkpoints.end_epoch(record, lambda: ({"encoder": encoder.state_dict(),
