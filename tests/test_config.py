@@ -42,6 +42,11 @@ def test_fusion_unseen_points_must_not_be_negative():
         FusionConfig.from_dict({"stage1_unseen_points": -1})
 
 
+def test_heldout_curve_interval_must_be_positive():
+    with pytest.raises(ConfigError, match=r"SiameseConfig\.heldout_every must be > 0, got 0"):
+        SiameseConfig.from_dict({"heldout_every": 0})
+
+
 def test_checkpoint_intervals_must_not_be_negative():
     from xmine.config import ClassifierConfig, SiameseConfig
 
