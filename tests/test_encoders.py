@@ -6,6 +6,8 @@ import torch
 
 from xmine.config import EncoderConfig
 from xmine.encoders import build_encoder, load_encoder
+from xmine.encoders.base import Encoder
+from xmine.encoders.bow import BowEncoder
 from xmine.errors import XmineError
 
 TEXTS = ["Marfan syndrome", "Ehlers-Danlos syndrome, classic type", "cystic fibrosis", "", "aortic root dilatation"]
@@ -90,41 +92,69 @@ def test_a_token_table_under_another_name_comes_from_the_model_transformers_buil
     assert torch.equal(pretrained_token_table(tmp_path), expected)
 
 
-@pytest.mark.parametrize("sparse", [True, False])
-def test_the_bag_encoders_training_path_equals_the_embedding_bag(sparse, tiny_model_dir):
-    """With distinct_token_gradients, training mixes the batch's distinct token rows with a sparse matrix; inference
-    uses torch's embedding bag.
-    Same means, and the same table gradient, up to float summation order (one row per distinct token)."""
-    config = EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=16, max_length=16,
-                           distinct_token_gradients=True)
-    encoder = build_encoder(config, TEXTS)
-    if not sparse:
-        encoder.use_dense_gradients()
-    bags = encoder.prepare(TEXTS + ["syndrome syndrome syndrome type", "Marfan"])
-    with torch.no_grad():
-        reference = encoder._bag_mean(bags)
-    mean = encoder._bag_mean(bags)
-    assert mean.requires_grad and torch.allclose(mean, reference, atol=1e-6)
-    assert torch.equal(reference[3], torch.zeros_like(reference[3]))  # the empty text: the zero bag, as before
+def plain_pair_gradient(encoder, points, labels, upstream_points, upstream_labels) -> torch.Tensor:
+    """The token table's gradient as torch's two sparse embedding-bag calls give it, coalesced as the optimiser does."""
+    encoder.zero_grad(set_to_none=True)
+    a, b = Encoder.forward_pair(encoder, points, labels)
+    ((a * upstream_points).sum() + (b * upstream_labels).sum()).backward()
+    return encoder.embeddings.weight.grad.coalesce()
 
-    upstream = torch.randn_like(mean)
-    (mean * upstream).sum().backward()
-    grad = encoder.embeddings.weight.grad
-    # the embedding bag's gradient of the same function
-    reference_table = encoder.embeddings.weight.detach().clone().requires_grad_(True)
-    counts = bags.counts
-    indices = torch.from_numpy(counts.indices.astype(np.int64))
-    weights = torch.from_numpy(counts.data) * encoder.token_weights[indices]
-    totals = torch.from_numpy(np.add.reduceat(weights.numpy(), counts.indptr[:-1]) if counts.nnz else np.zeros(0))
-    lengths = torch.from_numpy(np.diff(counts.indptr))
-    summed = torch.nn.functional.embedding_bag(indices, reference_table, torch.from_numpy(counts.indptr[:-1]),
-                                               mode="sum", per_sample_weights=weights)
-    expected_mean = summed / torch.where(lengths > 0, totals, torch.ones_like(totals)).clamp_min(1e-6).unsqueeze(1)
-    (expected_mean * upstream).sum().backward()
-    if sparse:
-        assert grad.is_sparse and grad._nnz() == len(np.unique(counts.indices))
-        grad = grad.to_dense()
-    assert torch.allclose(grad, reference_table.grad, atol=1e-6)
+
+def test_the_bag_encoders_paired_training_path_gives_torchs_gradient_bit_for_bit(tiny_model_dir):
+    """forward_pair's compiled backward replays torch's merge and coalesce: the same embeddings and the same table
+    gradient, bitwise, for batches that share tokens, repeat a text and hold an empty one."""
+    config = EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=16, max_length=16)
+    encoder = build_encoder(config, TEXTS)
+    rng = np.random.default_rng(0)
+    words = ["syndrome", "type", "classic", "marfan", "aortic", "root", "cystic", "fibrosis", "dilatation", "danlos"]
+    texts = [" ".join(rng.choice(words, rng.integers(0, 9))) for _ in range(300)]  # includes empty texts
+    for n_points, n_labels in [(3, 2), (40, 40), (300, 120)]:
+        points = encoder.prepare(texts[:n_points] + texts[:1])
+        labels = encoder.prepare(list(rng.choice(texts, n_labels)))
+        paired = encoder.forward_pair(points, labels)
+        up_points, up_labels = torch.randn_like(paired[0]), torch.randn_like(paired[1])
+        expected = plain_pair_gradient(encoder, points, labels, up_points, up_labels)
+        plain = Encoder.forward_pair(encoder, points, labels)
+        assert torch.equal(paired[0], plain[0]) and torch.equal(paired[1], plain[1])
+        encoder.zero_grad(set_to_none=True)
+        ((paired[0] * up_points).sum() + (paired[1] * up_labels).sum()).backward()
+        grad = encoder.embeddings.weight.grad
+        assert grad.is_sparse and grad._nnz() == expected._nnz()  # one row per distinct token already
+        # (autograd drops the coalesced flag on the way to .grad)
+        grad = grad.coalesce()
+        assert torch.equal(grad.indices(), expected.indices())
+        assert torch.equal(grad.values(), expected.values())
+
+
+def test_stage_one_trains_bit_for_bit_as_with_torchs_embedding_bag_gradients(small_hpo, tiny_model_dir, monkeypatch):
+    """A whole stage 1 (random then clustered batches, SparseAdam) through the paired path ends with exactly the
+    weights the plain embedding-bag path gives."""
+    from xmine.config import SiameseConfig
+    from xmine.data import load_dataset
+    from xmine.training.siamese import train_siamese
+
+    ds = load_dataset(small_hpo)
+    n = 1200
+    config = SiameseConfig(epochs=3, batch_size=256, heldout_curve=False, seed=3)
+
+    def train() -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        encoder = build_encoder(EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=32),
+                                list(ds.train.texts) + list(ds.label_texts))
+        train_siamese(encoder, encoder.prepare(ds.train.texts[:n]), encoder.prepare(ds.label_texts),
+                      ds.train.labels[:n], config, progress=False)
+        return encoder.state_dict()
+
+    paired = train()
+    monkeypatch.setattr(BowEncoder, "forward_pair", Encoder.forward_pair)
+    plain = train()
+    assert all(torch.equal(paired[k], plain[k]) for k in plain)
+
+
+def test_the_retired_distinct_token_gradients_key_still_loads(caplog):
+    config = EncoderConfig.from_dict({"kind": "bow", "distinct_token_gradients": True}, "encoder")
+    assert config.kind == "bow" and "distinct_token_gradients" not in config.to_dict()
+    assert "retired" in caplog.text
 
 
 def test_the_bag_encoder_trains_through_the_embedding_bag_by_default(tiny_model_dir):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 import types
@@ -30,9 +31,16 @@ class Params:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    # keys that older versions wrote and this one ignores on load (why, for the warning); to_dict no longer has them
+    RETIRED_KEYS: typing.ClassVar[dict[str, str]] = {}
+
     @classmethod
     def from_dict(cls: type[P], data: dict[str, Any] | None = None, where: str = "") -> P:
         data = dict(data or {})
+        for key in sorted(set(data) & set(cls.RETIRED_KEYS)):
+            del data[key]
+            logging.getLogger(__name__).warning("config key %s.%s is retired and ignored: %s",
+                                                where or cls.__name__, key, cls.RETIRED_KEYS[key])
         hints = get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
@@ -184,10 +192,10 @@ class EncoderConfig(Params):
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
     num_threads: int | None = None  # torch.set_num_threads; None leaves torch's default
     encode_batch_size: int = 512
-    # bow, training: gather a batch's distinct tokens once and mix them with a sparse matrix, so the table's gradient
-    # has one row per distinct token, not one per (text, token) entry. The same function up to float summation
-    # order and a faster stage 1 on long texts, but off: its 3 seeds lost P@1 beyond the spread on debian full texts
-    distinct_token_gradients: bool = False
+
+    RETIRED_KEYS: typing.ClassVar[dict[str, str]] = {
+        "distinct_token_gradients": "the bag encoder's training path now computes the table's gradient one row per "
+                                    "distinct token itself, exactly and faster (xmine.encoders.bag_gradients)"}
 
     def validate(self) -> None:
         super().validate()

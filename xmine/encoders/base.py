@@ -52,6 +52,10 @@ class Encoder(nn.Module):
     def forward(self, batch: Prepared) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def forward_pair(self, points: Prepared, labels: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training step's points and labels, embedded with gradients (an encoder may share work between them)."""
+        return self(points), self(labels)
+
     def parameter_groups(self, lr: float, lr_embeddings: float) -> list[dict[str, Any]]:
         """Optimiser groups of the parameters with dense gradients."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]

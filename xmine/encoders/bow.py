@@ -15,9 +15,22 @@ import torch
 from torch import nn
 
 from xmine.config import EncoderConfig
+from xmine.encoders.bag_gradients import PairedBagSums
 from xmine.encoders.base import Encoder, ResidualHead, default_model_path, pick_device
 from xmine.errors import ModelError, XmineError
 from xmine.safeio import json_field
+
+
+@dataclass
+class BagEntries:
+    """A batch of token bags as the embedding bag takes them: entry e is token `tokens[e]` of text
+    `bag_of_entry[e]` with weight `weights[e]`; `total` is each text's weight sum."""
+
+    tokens: torch.Tensor
+    weights: torch.Tensor
+    bag_of_entry: torch.Tensor
+    offsets: torch.Tensor
+    total: torch.Tensor
 
 
 @dataclass
@@ -109,35 +122,43 @@ class BowEncoder(Encoder):
         counts.sum_duplicates()
         return TokenBags(counts)
 
-    def _bag_mean(self, bags: TokenBags) -> torch.Tensor:
-        """Each text's weighted mean token vector (weights: count x token weight)."""
+    def _bag_entries(self, bags: TokenBags) -> BagEntries:
+        """The bags' (text, token) entries as tensors on the encoder's device."""
         counts = bags.counts
         device = self.embeddings.weight.device
-        indices = torch.from_numpy(counts.indices.astype(np.int64)).to(device)
-        weights = torch.from_numpy(counts.data.astype(np.float32)).to(device) * self.token_weights[indices]
+        tokens = torch.from_numpy(counts.indices.astype(np.int64)).to(device)
+        weights = torch.from_numpy(counts.data.astype(np.float32)).to(device) * self.token_weights[tokens]
         bag_of_entry = torch.from_numpy(np.repeat(np.arange(len(bags), dtype=np.int64),
                                                   np.diff(counts.indptr))).to(device)
+        offsets = torch.from_numpy(counts.indptr[:-1].astype(np.int64)).to(device)
         # empty texts (no known token) embed as the zero bag and, after centring, as -mean
         total = torch.zeros(len(bags), device=device).index_add_(0, bag_of_entry, weights).clamp_min(1e-6)
-        training = torch.is_grad_enabled() and self.embeddings.weight.requires_grad
-        if not (training and self.config.distinct_token_gradients):
-            offsets = torch.from_numpy(counts.indptr[:-1].astype(np.int64)).to(device)
-            return self.embeddings(indices, offsets, per_sample_weights=weights) / total.unsqueeze(1)
-        # config.distinct_token_gradients: the batch's distinct tokens are gathered once and mixed by a sparse
-        # (texts x distinct tokens) matrix, so the table's gradient has one row per distinct token. The embedding
-        # bag's backward writes one row per (text, token) entry, and adding and coalescing those took about half of
-        # a training step on long texts.
-        tokens, columns = np.unique(counts.indices, return_inverse=True)
-        mixing = torch.sparse_coo_tensor(
-            torch.stack([bag_of_entry, torch.from_numpy(columns.astype(np.int64).ravel()).to(device)]),
-            weights / total[bag_of_entry], (len(bags), len(tokens)), is_coalesced=True, check_invariants=False)
-        rows = nn.functional.embedding(torch.from_numpy(tokens.astype(np.int64)).to(device), self.embeddings.weight,
-                                       sparse=self.embeddings.sparse)
-        return torch.sparse.mm(mixing, rows)
+        return BagEntries(tokens, weights, bag_of_entry, offsets, total)
+
+    def _bag_mean(self, bags: TokenBags) -> torch.Tensor:
+        """Each text's weighted mean token vector (weights: count x token weight)."""
+        entries = self._bag_entries(bags)
+        summed = self.embeddings(entries.tokens, entries.offsets, per_sample_weights=entries.weights)
+        return summed / entries.total.unsqueeze(1)
+
+    def _embed_mean(self, mean: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.head(mean - self.center_vector), dim=-1)
 
     def forward(self, batch: TokenBags) -> torch.Tensor:
-        x = self._bag_mean(batch) - self.center_vector
-        return nn.functional.normalize(self.head(x), dim=-1)
+        return self._embed_mean(self._bag_mean(batch))
+
+    def forward_pair(self, points: TokenBags, labels: TokenBags) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training on CPU with the sparse table: the two batches' bag sums come from `PairedBagSums`, whose
+        compiled backward gives the optimiser the table gradient the two embedding-bag calls would give, bit for
+        bit, without their per-entry gradient rows (xmine.encoders.bag_gradients)."""
+        table = self.embeddings.weight
+        if not (torch.is_grad_enabled() and table.requires_grad and self.embeddings.sparse
+                and table.device.type == "cpu" and table.dtype == torch.float32):
+            return super().forward_pair(points, labels)
+        a, b = self._bag_entries(points), self._bag_entries(labels)
+        sums_a, sums_b = PairedBagSums.apply(table, a.tokens, a.offsets, a.weights, a.bag_of_entry,
+                                             b.tokens, b.offsets, b.weights, b.bag_of_entry)
+        return (self._embed_mean(sums_a / a.total.unsqueeze(1)), self._embed_mean(sums_b / b.total.unsqueeze(1)))
 
     def parameter_groups(self, lr: float, lr_embeddings: float) -> list[dict[str, Any]]:
         groups = [{"params": [p for n, p in self.named_parameters() if not n.startswith("embeddings.")], "lr": lr}]

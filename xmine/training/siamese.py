@@ -75,7 +75,7 @@ class SiameseForward(torch.nn.Module):
         self.encoder = encoder
 
     def forward(self, points: Prepared, labels: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(points), self.encoder(labels)
+        return self.encoder.forward_pair(points, labels)
 
 
 def local_batches(sampler: ClusterBatchSampler, rank: int, world_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
