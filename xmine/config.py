@@ -274,10 +274,10 @@ class SiameseConfig(Params):
     batch_size: int = 512
     lr: float = 3e-3  # head / transformer layers
     lr_embeddings: float = 2e-3  # bow token-embedding table (lazy Adam over the rows a batch touches)
-    # the token table's optimiser: torch's SparseAdam or xmine's RowSparseAdam, the same update in fewer passes
-    # (stage 1's steps on debian titles 16-21% faster). Results differ by float rounding, which moves a run like
-    # another seed does. It passed the seed protocol but is not the default: whole stage-1 runs were not measurably
-    # faster, and debian full texts sat at the edge of the spread (docs/accuracy.md)
+    # the token table's optimiser: torch's SparseAdam (computed on CPU by xmine's CompiledSparseAdam, bit for bit) or
+    # xmine's RowSparseAdam, the same update rounded differently, which moves a run like another seed does. That one
+    # passed the seed protocol but is not the default: debian full texts sat at the edge of the spread
+    # (docs/accuracy.md)
     embedding_optimizer: Literal["sparse_adam", "row_sparse_adam"] = "sparse_adam"
     weight_decay: float = 0.01
     loss: Literal["triplet", "infonce", "infonce_then_triplet"] = "infonce"

@@ -7,6 +7,9 @@ this does on CPU (a compiled kernel, parallel over rows; elsewhere: gather the r
 write them back). It trains the classifiers' weights with
 `classifier.row_sparse_updates`, and the bag encoder's token-embedding table (a batch touches a few thousand of its
 30k rows) with `siamese.embedding_optimizer=row_sparse_adam`.
+
+`CompiledSparseAdam` is torch's SparseAdam itself, operation by operation in the same float32 arithmetic, in one
+compiled pass over the gradient's rows: the stage-1 token table's default optimiser, bit for bit torch's.
 """
 
 from __future__ import annotations
@@ -54,6 +57,62 @@ class RowSparseAdam(torch.optim.Optimizer):
                 update_rows(param.detach(), state["exp_avg"], state["exp_avg_sq"], rows, values, beta1, beta2,
                             group["eps"], step_size)
         return loss
+
+
+class CompiledSparseAdam(torch.optim.SparseAdam):
+    """`torch.optim.SparseAdam` with its step computed by one compiled pass over the gradient's rows on CPU float32
+    tables: the same operations in the same order and precision (moment updates as `(g - m) * (1 - beta1)` added
+    to m, `sqrt(v_new) + eps` with torch's own square root, the step as `-step_size * (m_new / denom)` added to the
+    parameter), so the same floats bit for bit, without SparseAdam's sparse-mask gathers and its three sparse-into-dense
+    additions. Its state is
+    SparseAdam's, so checkpoints of either load into the other. Elsewhere, torch's own step."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        if not all(_compiled_rows_apply(p) for group in self.param_groups for p in group["params"]
+                   if p.grad is not None):
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not param.grad.is_sparse:
+                    raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
+                state = self.state[param]
+                if not state:  # as torch.optim.SparseAdam initialises it
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["step"] += 1
+                rows, values = _distinct_rows(param.grad)
+                if values.numel() == 0:
+                    continue
+                if group.get("maximize", False):
+                    values = -values
+                step = state["step"]
+                step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+                rows_np = rows.numpy()
+                numer = np.empty((rows_np.shape[0], param.shape[1]), dtype=np.float32)
+                second = np.empty_like(numer)
+                _sparse_adam_moments(state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(), rows_np,
+                                     np.ascontiguousarray(values.numpy()), np.float32(1 - beta1),
+                                     np.float32(1 - beta2), numer, second)
+                # torch's own square root: its CPU kernel is not correctly rounded everywhere, and numba's is
+                root = torch.from_numpy(second).sqrt_().numpy()
+                _sparse_adam_step(param.detach().numpy(), rows_np, numer, root, np.float32(group["eps"]),
+                                  np.float32(-step_size))
+        return loss
+
+
+def _compiled_rows_apply(param: torch.Tensor) -> bool:
+    return (param.device.type == "cpu" and param.dtype == torch.float32 and param.dim() == 2
+            and param.is_contiguous() and param.grad is not None and param.grad.is_sparse
+            and param.grad.dtype == torch.float32)
 
 
 def update_rows(param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, rows: torch.Tensor,
@@ -113,3 +172,34 @@ def _row_sparse_adam_kernel(param: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: 
             exp_avg[r, t] = m
             exp_avg_sq[r, t] = v
             param[r, t] = param[r, t] - step_size * (m / (np.sqrt(v) + eps))
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _sparse_adam_moments(exp_avg: np.ndarray, exp_avg_sq: np.ndarray, rows: np.ndarray, values: np.ndarray,
+                         one_minus_beta1: np.float32, one_minus_beta2: np.float32, numer: np.ndarray,
+                         second: np.ndarray) -> None:
+    """SparseAdam's moment updates of rows `rows` (distinct), in its order of operations: u1 = (g - m) * (1 - beta1),
+    m += u1; u2 = (g * g - v) * (1 - beta2), v += u2; and its numerator u1 + m_old and u2 + v_old (whose square root
+    is the denominator), each rounded to float32."""
+    for k in numba.prange(rows.shape[0]):
+        r = rows[k]
+        for t in range(exp_avg.shape[1]):
+            g = values[k, t]
+            m = exp_avg[r, t]
+            v = exp_avg_sq[r, t]
+            u1 = (g - m) * one_minus_beta1
+            u2 = (g * g - v) * one_minus_beta2
+            exp_avg[r, t] = m + u1
+            exp_avg_sq[r, t] = v + u2
+            numer[k, t] = u1 + m
+            second[k, t] = u2 + v
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _sparse_adam_step(param: np.ndarray, rows: np.ndarray, numer: np.ndarray, root: np.ndarray, eps: np.float32,
+                      neg_step_size: np.float32) -> None:
+    """SparseAdam's parameter step: p += -step_size * (numer / (root + eps)), each operation rounded to float32."""
+    for k in numba.prange(rows.shape[0]):
+        r = rows[k]
+        for t in range(param.shape[1]):
+            param[r, t] = param[r, t] + neg_step_size * (numer[k, t] / (root[k, t] + eps))

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from xmine.config import EncoderConfig
 from xmine.errors import XmineError
-from xmine.optim import RowSparseAdam
+from xmine.optim import CompiledSparseAdam, RowSparseAdam
 from xmine.safeio import json_field, load_json, load_state_dict_into, load_tensors
 from xmine.utils import atomic_torch_save, atomic_write_text, resolve_device
 
@@ -71,14 +71,15 @@ class Encoder(nn.Module):
                         embedding_optimizer: str = "sparse_adam") -> list[torch.optim.Optimizer]:
         """AdamW over the dense parameters, lazy Adam over a sparse embedding table: only the rows of the tokens in
         a batch are updated, which is what makes the bag encoder fast on CPU. `embedding_optimizer`: torch's
-        SparseAdam ("sparse_adam") or xmine's RowSparseAdam ("row_sparse_adam"), the same update computed faster
+        SparseAdam ("sparse_adam", computed by CompiledSparseAdam: the same floats in one compiled pass on CPU) or
+        xmine's RowSparseAdam ("row_sparse_adam", the same update rounded differently)
         (SiameseConfig.embedding_optimizer)."""
         optimizers: list[torch.optim.Optimizer] = []
         groups = [g for g in self.parameter_groups(lr, lr_embeddings) if g["params"]]
         if groups:
             optimizers.append(torch.optim.AdamW(groups, weight_decay=weight_decay))
         if self.sparse_parameters():
-            sparse_adam = RowSparseAdam if embedding_optimizer == "row_sparse_adam" else torch.optim.SparseAdam
+            sparse_adam = RowSparseAdam if embedding_optimizer == "row_sparse_adam" else CompiledSparseAdam
             optimizers.append(sparse_adam(self.sparse_parameters(), lr=lr_embeddings))
         return optimizers
 
