@@ -7,7 +7,9 @@ token's rows). Those three passes over (entries x dim) floats were most of a bag
 This computes the same sums in the same order: the merge is replayed on the token ids alone, the permutation is
 taken from the same `torch.sort` call `coalesce` makes (which is not a stable sort for small inputs), and each
 token's rows are summed in that order, in float32, as `coalesce` does. So the optimiser gets the gradient the plain
-path would have given it, bit for bit; `tests/test_encoders.py` checks it on whole training runs.
+path would have given it, bit for bit; `tests/test_encoders.py` checks it on whole training runs. It mirrors torch's
+CPU code (pinned: torch 2.13); a torch that merged or coalesced otherwise would still get a correct gradient, and
+those tests would report that it is no longer the identical one.
 """
 
 from __future__ import annotations
