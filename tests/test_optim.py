@@ -51,6 +51,13 @@ def test_compiled_sparse_adam_is_torchs_sparse_adam_bit_for_bit() -> None:
         assert torch.equal(ours[290:], init[290:])
 
 
+def test_compiled_sparse_adam_refuses_dense_gradients_as_torch_does() -> None:
+    param = torch.nn.Parameter(torch.zeros(3, 2))
+    param.grad = torch.ones(3, 2)
+    with pytest.raises(RuntimeError, match="does not support dense gradients"):
+        CompiledSparseAdam([param]).step()
+
+
 def test_compiled_sparse_adam_continues_from_torchs_state_identically() -> None:
     """A checkpoint written with torch's SparseAdam loads into CompiledSparseAdam, and the next steps match."""
     init = torch.randn(100, 8, generator=torch.Generator().manual_seed(3))

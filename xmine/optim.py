@@ -34,10 +34,7 @@ class RowSparseAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
@@ -64,25 +61,19 @@ class CompiledSparseAdam(torch.optim.SparseAdam):
     tables: the same operations in the same order and precision (moment updates as `(g - m) * (1 - beta1)` added
     to m, `sqrt(v_new) + eps` with torch's own square root, the step as `-step_size * (m_new / denom)` added to the
     parameter), so the same floats bit for bit, without SparseAdam's sparse-mask gathers and its three sparse-into-dense
-    additions. Its state is
-    SparseAdam's, so checkpoints of either load into the other. Elsewhere, torch's own step."""
+    additions. Its state is SparseAdam's, so checkpoints of either load into the other. Elsewhere, torch's own step."""
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         if not all(_compiled_rows_apply(p) for group in self.param_groups for p in group["params"]
-                   if p.grad is not None):
+                   if p.grad is not None):  # dense gradients too: torch's step raises its own error for them
             return super().step(closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                if not param.grad.is_sparse:
-                    raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
                 state = self.state[param]
                 if not state:  # as torch.optim.SparseAdam initialises it
                     state["step"] = 0
@@ -107,6 +98,14 @@ class CompiledSparseAdam(torch.optim.SparseAdam):
                 _sparse_adam_step(param.detach().numpy(), rows_np, numer, root, np.float32(group["eps"]),
                                   np.float32(-step_size))
         return loss
+
+
+def _closure_loss(closure: Callable[[], float] | None) -> float | None:
+    """The loss of an optimiser's `closure` (re-evaluated with gradients enabled), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _compiled_rows_apply(param: torch.Tensor) -> bool:
