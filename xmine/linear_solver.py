@@ -201,7 +201,8 @@ def fit_labels(labels: np.ndarray, rows_indptr: np.ndarray, rows_indices: np.nda
 @numba.njit(cache=True, nogil=True)
 def _grow(a: np.ndarray, cap: int) -> np.ndarray:
     out = np.empty(cap, a.dtype)
-    out[:a.shape[0]] = a
+    for i in range(a.shape[0]):  # element by element: an array assignment is slow to compile (xmine.sorting)
+        out[i] = a[i]
     return out
 
 

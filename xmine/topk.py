@@ -9,6 +9,8 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from xmine.sorting import kth_smallest, sorted_copy, stable_argsort
+
 
 def csr_from_topk(scores: np.ndarray, ids: np.ndarray, n_labels: int) -> sp.csr_matrix:
     """(n, k) scores and label ids (-1 = none) -> (n, n_labels) CSR, entries sorted by label id."""
@@ -120,8 +122,8 @@ def _keep_row_topk(ids: np.ndarray, values: np.ndarray, k: int, out_indices: np.
     if length == 0:
         return filled
     take = min(k, length)
-    # NaN sorts last in np.sort/partition (ascending): negate so that the best come first and NaN stays last
-    kth = np.partition(-values, take - 1)[take - 1]
+    # NaN sorts after every number: negate so that the best come first and NaN stays last
+    kth = kth_smallest(-values, take - 1)
     if np.isnan(kth):  # fewer than k scores that are not NaN: all of those are kept
         kth = np.inf
     better = 0
@@ -191,7 +193,7 @@ def _vote_topk_kernel(weights: np.ndarray, ids: np.ndarray, indptr: np.ndarray, 
     filled = 0
     for row in range(n):
         count = 0
-        for j in np.argsort(ids[row], kind="mergesort"):
+        for j in stable_argsort(ids[row]):
             point, weight = ids[row, j], weights[row, j]
             if point < 0 or not weight > 0:
                 continue
@@ -201,7 +203,7 @@ def _vote_topk_kernel(weights: np.ndarray, ids: np.ndarray, indptr: np.ndarray, 
                     touched[count] = col
                     count += 1
                 sums[col] += weight
-        cols = np.sort(touched[:count])
+        cols = sorted_copy(touched[:count])
         values = np.empty(count, dtype=np.float64)
         for j in range(count):
             values[j] = sums[cols[j]]

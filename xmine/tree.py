@@ -89,8 +89,9 @@ def _sorted_order(x: np.ndarray) -> np.ndarray:
                 counts[digit] = at + 1
                 next_keys[at] = keys[i]
                 next_rows[at] = rows[i]
-            keys[:] = next_keys
-            rows[:] = next_rows
+            for i in range(n):  # element by element: an array assignment is slow to compile (xmine.sorting)
+                keys[i] = next_keys[i]
+                rows[i] = next_rows[i]
     return order
 
 

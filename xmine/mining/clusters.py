@@ -12,6 +12,7 @@ import numpy as np
 
 from xmine.config import ClusterScheduleConfig
 from xmine.errors import ConfigError
+from xmine.sorting import stable_argsort
 
 
 def balanced_clusters(embeddings: np.ndarray, cluster_size: int, rng: np.random.Generator,
@@ -62,9 +63,24 @@ def _dot(row: np.ndarray, v: np.ndarray) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
+def _add_row(total: np.ndarray, row: np.ndarray) -> None:
+    """total += row (float64 += float32), element by element. Kernels here spell array arithmetic as loops:
+    numba's array expressions bring in its shape-mismatch error machinery, which is slow to compile."""
+    for j in range(total.shape[0]):
+        total[j] += row[j]
+
+
+@numba.njit(cache=True, nogil=True)
 def _unit(v: np.ndarray) -> np.ndarray:
-    norm = np.sqrt(np.sum(v * v))
-    return v / max(norm, 1e-12)
+    """v / max(|v|, 1e-12), the squares summed left to right."""
+    squares = 0.0
+    for j in range(v.shape[0]):
+        squares += v[j] * v[j]
+    scale = max(np.sqrt(squares), 1e-12)
+    out = np.empty_like(v)
+    for j in range(v.shape[0]):
+        out[j] = v[j] / scale
+    return out
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -81,24 +97,30 @@ def _split_level(x: np.ndarray, perm: np.ndarray, starts: np.ndarray, lengths: n
         idx = perm[s:s + m].copy()
         total = np.zeros(d)
         for i in range(m):
-            total += x[idx[i]]
+            _add_row(total, x[idx[i]])
         c0 = x[idx[first[k]]].astype(np.float64)
         c1 = x[idx[second[k]]].astype(np.float64)
         negative_preference = np.empty(m)
+        diff = np.empty(d)
         order = np.arange(m)
         for it in range(iterations):
-            diff = c0 - c1
+            for j in range(d):
+                diff[j] = c0[j] - c1[j]
             for i in range(m):
                 negative_preference[i] = -_dot(x[idx[i]], diff)
-            order = np.argsort(negative_preference, kind="mergesort")
+            order = stable_argsort(negative_preference)
             if it == iterations - 1:
                 break  # the centroids of the last ranking are not used
             sum0 = np.zeros(d)
             for i in range(half):
-                sum0 += x[idx[order[i]]]
+                _add_row(sum0, x[idx[order[i]]])
+            rest = np.empty(d)
+            for j in range(d):
+                rest[j] = total[j] - sum0[j]
             c0 = _unit(sum0)
-            c1 = _unit(total - sum0)
-        perm[s:s + m] = idx[order]
+            c1 = _unit(rest)
+        for i in range(m):
+            perm[s + i] = idx[order[i]]
 
 
 class ClusterSchedule:
