@@ -5,6 +5,10 @@ Why not numba's own `np.argsort(kind="mergesort")`, `np.sort` and `np.partition`
 that numba compiles anew for every kernel and key type that calls them, and that compilation dominated a new
 install's first training (np.partition alone took seconds to compile). These are small loops that compile in a
 fraction of that time and run about as fast on the row lengths xmine sorts (tens to thousands of entries).
+
+For the same reason, xmine's kernels copy and combine arrays element by element rather than with array assignments
+(`a[:] = b`) or array arithmetic (`a += b`): those bring in numba's shape-mismatch errors, whose code (message
+formatting included) took seconds to compile.
 """
 
 from __future__ import annotations
@@ -77,8 +81,8 @@ def sorted_copy(values: np.ndarray) -> np.ndarray:
 @numba.njit(cache=True, nogil=True)
 def kth_smallest(values: np.ndarray, k: int) -> float:
     """`np.partition(values, k)[k]` for a 1-D float array (0 <= k < len): the k-th smallest, NaN when fewer than
-    k + 1 values are numbers. `values` is reordered in place. A quickselect with a three-way partition, so that
-    the many equal values of vote sums cost no more than distinct ones."""
+    k + 1 values are numbers. `values` is used as scratch: its contents are overwritten. A quickselect with a
+    three-way partition, so that the many equal values of vote sums cost no more than distinct ones."""
     n = 0
     for i in range(values.shape[0]):  # the numbers first; NaN sorts after all of them
         if values[i] == values[i]:

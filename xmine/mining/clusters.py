@@ -64,8 +64,7 @@ def _dot(row: np.ndarray, v: np.ndarray) -> float:
 
 @numba.njit(cache=True, nogil=True)
 def _add_row(total: np.ndarray, row: np.ndarray) -> None:
-    """total += row (float64 += float32), element by element. Kernels here spell array arithmetic as loops:
-    numba's array expressions bring in its shape-mismatch error machinery, which is slow to compile."""
+    """total += row (float64 += float32), element by element (why: xmine.sorting)."""
     for j in range(total.shape[0]):
         total[j] += row[j]
 
