@@ -14,6 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist's workers share the machine's cores: one thread per compute pool in each, so that two workers'
+    # thread teams (torch, faiss, numba, BLAS) do not oversubscribe the cores and spin against each other. Tests of
+    # threaded code set their own thread counts.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from xmine.utils import set_threads
+
+        set_threads(1)
+
+
 def shared_dataset(name: str) -> Path:
     """A real benchmark dataset from ../shared/data beside the checkout. Skipped where it is absent, except
     under CI (env CI set), where its absence is a failure: CI must run these tests."""
