@@ -308,3 +308,48 @@ def test_hashed_scores_in_parallel_equal_the_serial_kernel_bit_for_bit():
     assert not serial[3].any() and serial.any()
     assert np.array_equal(_hashed_scores_parallel(*args), serial)
     assert np.array_equal(_hashed_scores(*args), serial)
+
+
+def test_the_first_epoch_trains_the_same_without_a_classifier_index_over_the_label_embeddings():
+    """NGAME's classifier-index negatives: at the first epoch's start the classifiers are the label embeddings
+    the shortlist was searched with, so an index over them proposes only shortlist labels, all dropped as
+    duplicates. Skipping that build (and its searches) trains bit for bit what building it trained; from the
+    second epoch the index is built as before."""
+    from xmine.config import IndexConfig
+    from xmine.models.ngame import ClassifierNegatives
+    from xmine.training.classifiers import train_classifiers
+
+    rng = np.random.default_rng(5)
+    n_points, n_labels, dim = 300, 120, 16
+    labels = sp.csr_matrix((rng.random((n_points, n_labels)) < 0.03).astype(np.float32))
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    label_emb = unit(rng.standard_normal((n_labels, dim)))
+    # points near their labels, so that a label's classifier and its points' queries agree
+    embeddings = unit(labels @ label_emb + 0.5 * rng.standard_normal((n_points, dim)))
+    shortlist = np.argsort(-(embeddings @ label_emb.T), axis=1, kind="stable")[:, :50]  # the label index's top 50
+
+    class BuiltAtEveryEpoch(ClassifierNegatives):
+        def refresh(self, epoch, step):
+            self.mips.rebuild(self.classifiers.weight.detach().cpu().numpy())
+
+    runs = []
+    for negatives_class in (ClassifierNegatives, BuiltAtEveryEpoch):
+        config = ClassifierConfig(epochs=2, batch_size=32, classifier_index_negatives=10,
+                                  negatives_index=IndexConfig(kind="exact"))
+        clf = LabelClassifiers(n_labels, dim, "dense")
+        clf.init_dense(label_emb)
+        negatives = negatives_class(shortlist, clf, config, n_labels)
+        history = train_classifiers(clf, labels, config, negatives, embeddings=embeddings,
+                                    on_epoch_start=negatives.refresh, progress=False)
+        runs.append(([epoch.loss for epoch in history.epochs], clf.state_dict(), negatives.mips.rebuilds))
+    (loss_new, state_new, builds_new), (loss_old, state_old, builds_old) = runs
+    assert (builds_new, builds_old) == (1, 2)
+    assert loss_new == loss_old
+    for key in state_old:
+        assert torch.equal(state_new[key], state_old[key]), key
+
+    # a fine-tuned encoder moves the queries within the first epoch: then the index is built at its start too
+    tuned = ClassifierConfig(classifier_index_negatives=10, finetune_encoder=True)
+    negatives = ClassifierNegatives(shortlist, clf, tuned, n_labels)
+    negatives.refresh(0, 0)
+    assert negatives.mips.rebuilds == 1

@@ -262,7 +262,9 @@ def test_stage2_classifier_index_negatives_come_from_the_configured_index(ds_see
     for exact_below, kind in ((0, "hnsw"), (10**9, "exact")):
         built.clear()
         index = IndexConfig(kind="hnsw", ef_construction=40, ef_search=32, exact_below=exact_below)
-        config = base.replace(classifier=base.classifier.replace(epochs=1, negatives_index=index))
+        # two epochs: the first epoch's classifiers are the label embeddings, over which no index is built
+        # (ClassifierNegatives); the second epoch's start builds one
+        config = base.replace(classifier=base.classifier.replace(epochs=2, negatives_index=index))
         NGAME.train(ds_seen, config, init_from=out, progress=False)
         assert built == [kind]
 

@@ -365,7 +365,9 @@ class ClassifierConfig(Params):
     max_sparse_features: int = 32
     shortlist_size: int = 100  # ANN candidates per point in training and prediction
     # NGAME stage 2: also train against the top labels of the CURRENT classifier vectors (a MIPS search
-    # refreshed every epoch): prediction shortlists from the classifier index, so those labels must be trained
+    # refreshed at every epoch's start from the second on; in the first, the classifiers are the label embeddings
+    # and the shortlist holds their top labels): prediction shortlists from the classifier index, so those labels
+    # must be trained
     classifier_index_negatives: int = 10
     # the index those negatives come from, rebuilt every epoch: exact search over 43k labels took ~46% of a stage-2
     # step on debian-related; an HNSW graph (built in seconds) finds nearly the same hard labels

@@ -256,18 +256,26 @@ def with_extra_rows(features: sp.csr_matrix, labels: sp.csr_matrix, candidates: 
 class ClassifierNegatives:
     """Stage 2's negatives of a batch: each point's shortlist + one positive of every other point in the batch
     (in-batch negatives) + the top labels of the current classifier vectors (what the classifier index will
-    propose), searched in an index rebuilt at every epoch's start (`refresh`)."""
+    propose), searched in an index rebuilt at every epoch's start (`refresh`).
+
+    Not at the first epoch's start: the classifiers then are the label embeddings (normalised; they are unit
+    vectors already) that the shortlist's label-index search used, with the same point embeddings as queries, so
+    the index's top labels are the shortlist's own and all but a few are dropped as duplicates (an exact index: up
+    to ties, none; debian titles' HNSW index: 7 new of 409,531 picks, docs/cost.md). Until the first rebuild the
+    classifier-index columns are padding, which is what the dropped duplicates became. A fine-tuned encoder moves
+    the queries within the epoch, so with it the index is built at the start as well."""
 
     def __init__(self, shortlist: np.ndarray, classifiers: LabelClassifiers, config: ClassifierConfig,
                  n_labels: int) -> None:
         self.shortlist, self.classifiers = shortlist, classifiers
         self.rng = np.random.default_rng([config.seed, 13])
         self.mips = None
+        self.build_at_start = config.finetune_encoder
         if config.classifier_index_negatives > 0 and classifiers.weight is not None:
             self.mips = MIPSNegativeSampler(n_labels, config.classifier_index_negatives, 0, config.negatives_index)
 
     def refresh(self, epoch: int, step: int) -> None:
-        if self.mips is not None:
+        if self.mips is not None and (step > 0 or self.build_at_start):
             self.mips.rebuild(self.classifiers.weight.detach().cpu().numpy())
 
     def __call__(self, rows: np.ndarray, batch_emb: Any, batch_pos: sp.csr_matrix, epoch: int, step: int
@@ -275,7 +283,8 @@ class ClassifierNegatives:
         in_batch = sample_one_positive(batch_pos, self.rng)
         parts = [self.shortlist[rows], np.broadcast_to(in_batch, (len(rows), len(in_batch)))]
         if self.mips is not None:
-            parts.append(self.mips.hard_negatives(batch_emb, batch_pos))
+            parts.append(self.mips.hard_negatives(batch_emb, batch_pos) if self.mips.index is not None else
+                         np.full((len(rows), self.mips.mips_negatives), -1, dtype=np.int64))
         return np.concatenate(parts, axis=1)
 
 
