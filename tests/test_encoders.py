@@ -162,3 +162,50 @@ def test_the_bag_encoder_trains_through_the_embedding_bag_by_default(tiny_model_
     bags = encoder.prepare(TEXTS)
     encoder._bag_mean(bags).sum().backward()
     assert encoder.embeddings.weight.grad._nnz() == bags.counts.nnz  # one gradient row per (text, token) entry
+
+
+def test_the_bag_encoders_token_ids_are_the_tokenizer_calls(tiny_model_dir, demo_dir):
+    """The bag encoder reads token ids from the fast tokenizer's backend directly: the same ids as the tokenizer's
+    own call with truncation at max_length, on real texts and on edge cases (empty, blank, accents, CJK, a
+    ligature, a text far beyond max_length, one just at it). A slow tokenizer goes through its call."""
+    from transformers import AutoTokenizer
+
+    from xmine.data import load_dataset
+    from xmine.encoders.bow import TokenIdReader
+
+    ds = load_dataset(demo_dir)
+    texts = list(ds.train.texts[:2000]) + list(ds.label_texts[:2000]) + [
+        "", "   ", "naïve café Ærøskøbing", "日本語のテキスト", "ﬁnance ﬂow", "word " * 500, "a " * 50, "a " * 51]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    expected = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=50)["input_ids"]
+    assert max(map(len, expected)) == 50
+
+    class WithoutBackend:  # a tokenizer without a Rust backend (transformers 5 builds none of those for BERT)
+        is_fast = False
+
+        def __call__(self, *args, **kwargs):
+            return tokenizer(*args, **kwargs)
+
+    for tok, fast in ((tokenizer, True), (WithoutBackend(), False)):
+        reader = TokenIdReader(tok, 50)
+        assert (reader.backend is not None) == fast
+        assert reader(texts) == expected
+    # the reader's own backend: a call through the tokenizer with other settings does not leak into it
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    reader = TokenIdReader(tokenizer, 50)
+    tokenizer(texts[:3], truncation=True, max_length=4, padding="max_length")
+    assert reader(texts[-3:]) == tokenizer(texts[-3:], add_special_tokens=False, truncation=True,
+                                           max_length=50)["input_ids"]
+
+
+def test_fitting_on_prepared_points_and_labels_equals_fitting_on_their_texts(tiny_model_dir):
+    """NGAME tokenizes its points and labels once: the IDF weights and centring vector fitted on the two prepared
+    parts are those fitted on the texts one after the other."""
+    config = EncoderConfig(kind="bow", model_path=str(tiny_model_dir), head_hidden=16)
+    points, labels = TEXTS[:3], TEXTS[3:] + ["Marfan syndrome type 2"]
+    from_texts = build_encoder(config, points + labels)
+    from_parts = build_encoder(config)
+    from_parts.fit_inputs(from_parts.prepare(points), from_parts.prepare(labels))
+    assert torch.equal(from_parts.token_weights, from_texts.token_weights)
+    assert torch.equal(from_parts.center_vector, from_texts.center_vector)
+    assert not torch.equal(from_parts.token_weights, build_encoder(config, points).token_weights)

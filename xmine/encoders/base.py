@@ -52,6 +52,11 @@ class Encoder(nn.Module):
     def forward(self, batch: Prepared) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def fit_inputs(self, *inputs: Prepared) -> None:
+        """Fits what the encoder learns from the training texts themselves, given them prepared (`prepare`; e.g.
+        the points' and the labels'), before training: nothing here, the bag encoder's IDF weights and centring
+        vector. Taking prepared inputs lets a caller tokenize its texts once."""
+
     def forward_pair(self, points: Prepared, labels: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
         """A training step's points and labels, embedded with gradients (an encoder may share work between them)."""
         return self(points), self(labels)

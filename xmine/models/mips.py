@@ -65,9 +65,10 @@ class MIPSClassifier(XMCModel):
         if split.texts is None:
             raise XmineError("the MIPS method encodes point texts; the dataset has none")
         start = time.perf_counter()
-        fit_texts = list(split.texts) + list(dataset.label_texts or [])
-        encoder = build_encoder(config.encoder, fit_texts)
+        encoder = build_encoder(config.encoder)
         point_inputs = encoder.prepare(split.texts)
+        label_inputs = encoder.prepare(dataset.label_texts) if dataset.label_texts is not None else None
+        encoder.fit_inputs(point_inputs, *([label_inputs] if label_inputs is not None else []))
         uses_sparse = config.classifier.features != "dense"
         knn = TfidfKNN.train(dataset, KNNConfig(tfidf=config.tfidf)) if uses_sparse else None
         if knn is not None:
@@ -77,7 +78,7 @@ class MIPSClassifier(XMCModel):
                                        config.classifier.max_sparse_features,
                                        pair_kernel=config.classifier.pair_kernel)
         if dataset.label_texts is not None and classifiers.weight is not None:
-            classifiers.init_dense(encoder.encode(dataset.label_texts, progress=progress, desc="encode labels"))
+            classifiers.init_dense(encoder.encode(label_inputs, progress=progress, desc="encode labels"))
         elif classifiers.weight is not None:
             with torch.no_grad():
                 classifiers.weight.normal_(0, 0.01)

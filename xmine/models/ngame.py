@@ -343,9 +343,10 @@ class NGAME(XMCModel):
             log.info("stage 1: training the %s encoder on %d points and %d label texts, %d epochs (batches of "
                      "points clustered by their current embeddings, so batch-mates' labels are hard negatives)",
                      config.encoder.kind, split.n_points, len(dataset.label_texts), config.siamese.epochs)
-            encoder = build_encoder(config.encoder, list(split.texts) + list(dataset.label_texts))
+            encoder = build_encoder(config.encoder)
             point_inputs = encoder.prepare(split.texts)
             label_inputs = encoder.prepare(dataset.label_texts)
+            encoder.fit_inputs(point_inputs, label_inputs)
             # a few of the fusion's held-out points are kept out of stage 1 too (see FusionConfig)
             stage1_labels = without_rows(split.labels, unseen)
             hist = train_siamese(encoder, point_inputs, label_inputs, stage1_labels, config.siamese,
