@@ -68,7 +68,7 @@ class MIPSClassifier(XMCModel):
         encoder = build_encoder(config.encoder)
         point_inputs = encoder.prepare(split.texts)
         label_inputs = encoder.prepare(dataset.label_texts) if dataset.label_texts is not None else None
-        encoder.fit_inputs(point_inputs, *([label_inputs] if label_inputs is not None else []))
+        encoder.fit_inputs(*(inputs for inputs in (point_inputs, label_inputs) if inputs is not None))
         uses_sparse = config.classifier.features != "dense"
         knn = TfidfKNN.train(dataset, KNNConfig(tfidf=config.tfidf)) if uses_sparse else None
         if knn is not None:
