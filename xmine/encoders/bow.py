@@ -52,8 +52,8 @@ class TokenIdReader:
     `__call__(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]` returns. A
     fast tokenizer's Rust backend is called directly, through a private copy that truncates at `max_length` and
     does not pad (the wrapper sets those on its own backend per call): the wrapper's conversion of every encoding
-    into Python lists and masks took about as long as tokenizing (89k debian titles and label texts: 4.5-5.1 s
-    through the wrapper, 2.4-2.7 s from the backend). Slow (Python) tokenizers go through the wrapper."""
+    into Python lists and masks costs about as much as the tokenizing (docs/cost.md). Slow (Python) tokenizers go
+    through the wrapper."""
 
     def __init__(self, tokenizer: Any, max_length: int) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length

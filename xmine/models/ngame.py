@@ -260,10 +260,10 @@ class ClassifierNegatives:
 
     Not at the first epoch's start: the classifiers then are the label embeddings (normalised; they are unit
     vectors already) that the shortlist's label-index search used, with the same point embeddings as queries, so
-    the index's top labels are the shortlist's own and all but a few are dropped as duplicates (an exact index: up
-    to ties, none; debian titles' HNSW index, `fast` preset: 7 new of 409,531 picks, docs/cost.md). Until the
-    first rebuild the classifier-index columns are padding, which is what the dropped duplicates became. A
-    fine-tuned encoder moves the queries within the epoch, so with it the index is built at the start as well."""
+    the index's top labels are the shortlist's own and are dropped as duplicates (on an exact index all of them, up
+    to ties; an HNSW index can propose a rare label beyond the shortlist: docs/cost.md). Until the first rebuild
+    the classifier-index columns are padding, which is what the dropped duplicates became. A fine-tuned encoder
+    moves the queries within the epoch, so with it the index is built at the start as well."""
 
     def __init__(self, shortlist: np.ndarray, classifiers: LabelClassifiers, config: ClassifierConfig,
                  n_labels: int) -> None:
