@@ -70,6 +70,13 @@ def _add_row(total: np.ndarray, row: np.ndarray) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
+def _difference(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = a - b, element by element (why: xmine.sorting)."""
+    for j in range(out.shape[0]):
+        out[j] = a[j] - b[j]
+
+
+@numba.njit(cache=True, nogil=True)
 def _unit(v: np.ndarray) -> np.ndarray:
     """v / max(|v|, 1e-12), the squares summed left to right."""
     squares = 0.0
@@ -101,10 +108,10 @@ def _split_level(x: np.ndarray, perm: np.ndarray, starts: np.ndarray, lengths: n
         c1 = x[idx[second[k]]].astype(np.float64)
         negative_preference = np.empty(m)
         diff = np.empty(d)
+        rest = np.empty(d)
         order = np.arange(m)
         for it in range(iterations):
-            for j in range(d):
-                diff[j] = c0[j] - c1[j]
+            _difference(c0, c1, diff)
             for i in range(m):
                 negative_preference[i] = -_dot(x[idx[i]], diff)
             order = stable_argsort(negative_preference)
@@ -113,9 +120,7 @@ def _split_level(x: np.ndarray, perm: np.ndarray, starts: np.ndarray, lengths: n
             sum0 = np.zeros(d)
             for i in range(half):
                 _add_row(sum0, x[idx[order[i]]])
-            rest = np.empty(d)
-            for j in range(d):
-                rest[j] = total[j] - sum0[j]
+            _difference(total, sum0, rest)
             c0 = _unit(sum0)
             c1 = _unit(rest)
         for i in range(m):
