@@ -209,3 +209,7 @@ def test_fitting_on_prepared_points_and_labels_equals_fitting_on_their_texts(tin
     assert torch.equal(from_parts.token_weights, from_texts.token_weights)
     assert torch.equal(from_parts.center_vector, from_texts.center_vector)
     assert not torch.equal(from_parts.token_weights, build_encoder(config, points).token_weights)
+    with pytest.raises(XmineError, match="at least one prepared input"):
+        from_parts.fit_inputs()
+    with pytest.raises(XmineError, match="0 texts"):
+        from_parts.fit_inputs(from_parts.prepare([]))

@@ -123,6 +123,8 @@ class BowEncoder(Encoder):
 
     def fit_inputs(self, *inputs: TokenBags) -> None:
         """IDF weights and the centring vector over the texts of all `inputs`, in their order."""
+        if not inputs:
+            raise XmineError("fit_inputs needs at least one prepared input (the training texts)")
         self.fit_statistics(inputs[0] if len(inputs) == 1 else
                             TokenBags(sp.vstack([bags.counts for bags in inputs], format="csr")))
 
